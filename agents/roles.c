@@ -1,0 +1,1 @@
+/* The product roles this agent binary serves. None yet. */

@@ -1,0 +1,6 @@
+/* The broker actor: placeholder until it lands. */
+int broker_placeholder(void);
+int broker_placeholder(void)
+{
+    return 0;
+}
