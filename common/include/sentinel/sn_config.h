@@ -74,7 +74,16 @@ typedef struct {
 } sn_config_t;
 
 /* Reads and validates @path into @cfg (caller's storage, zeroed by the call). On error
- * returns SN_ERROR and writes "file:line:column: key: message" into @err. */
+ * returns SN_ERROR, leaves @cfg zeroed (nothing to free) and writes
+ * "file:line:column: key: message" into @err (may be NULL), e.g.
+ * `sentinel.yml:12:5: broker.heartbeat_ms: expected an integer in [100, 60000] ...`.
+ * Files over 1 MiB, YAML anchors/aliases, nesting deeper than 32 and more than one
+ * document are refused. Integer `_ms`/`_s` keys also take durations ("250ms", "5s", "2m",
+ * "1h", "1d"). After a successful load every string list is non-NULL (possibly empty),
+ * leader_renew_ms defaults to leader_ttl_ms / 3, `redis: embedded` (or embedded: true)
+ * sets unix_path to <state_dir>/redis.sock unless given; without a `redis` key the
+ * server is external (embedded false) at 127.0.0.1:6379. Any thread; reads the
+ * environment for ${env:NAME}. */
 SN_NODISCARD sn_rc_t sn_config_load(const char *path, sn_config_t *cfg, char *err, size_t err_len);
 /* The same from a string (for tests); @name stands in for the file name in errors. */
 SN_NODISCARD sn_rc_t sn_config_load_string(const char *name, const char *yaml, size_t len,

@@ -1,0 +1,1191 @@
+/* sentinel.yml loader. libyaml's event parser (yaml_parser_parse) builds a small tree of
+ * scalars, mappings and sequences that keeps every node's line and column; the tree is
+ * then walked against a declarative schema table (one row per key: type, range, default,
+ * offset into the config struct), so every error names file:line:column and the key path.
+ * The same table drives defaults and sn_config_fini, so a new section is new rows. */
+#include "sentinel/sn_config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <yaml.h>
+
+#define S_MAX_BYTES (1024 * 1024) /* refuse bigger files */
+#define S_MAX_DEPTH 32            /* nesting of mappings and sequences */
+#define S_MAX_NODES 200000        /* a 1 MiB file holds fewer; a bound all the same */
+#define S_PATH_LEN 512
+#define S_Z85_CHARS                                                                                \
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+
+/* ---- the parsed tree ------------------------------------------------------------------ */
+
+typedef enum { S_NODE_SCALAR, S_NODE_MAP, S_NODE_SEQ } s_node_type_t;
+
+typedef struct s_node {
+    s_node_type_t type;
+    int line; /* 1-based */
+    int col;  /* 1-based */
+    bool is_plain;
+    char *value; /* scalar bytes, NUL-terminated */
+    size_t len;
+    struct s_node **items; /* map: key, value, key, value...; seq: items */
+    size_t count;
+    size_t cap;
+} s_node_t;
+
+/* ---- the schema ----------------------------------------------------------------------- */
+
+typedef enum {
+    S_STR,      /* char * */
+    S_INT,      /* int or int64_t (by width), in [min, max] */
+    S_DURATION, /* int or int64_t in units of unit_ms; "250ms", "5s", "2m", "1h", "1d" or a bare
+                   number */
+    S_BOOL,     /* bool */
+    S_ENUM,     /* char *, one of choices */
+    S_STRLIST,  /* char **, NULL-terminated, never NULL after load */
+    S_MAP,      /* an embedded struct described by section */
+    S_SEQ,      /* an array of structs described by section, with a size_t count */
+} s_kind_t;
+
+typedef struct s_ctx s_ctx_t;
+typedef struct s_section s_section_t;
+
+/* Checks a string value; returns NULL if fine or a static explanation. */
+typedef const char *(*s_check_fn)(const char *value);
+
+typedef struct {
+    const char *key;
+    s_kind_t kind;
+    size_t offset;
+    size_t width; /* sizeof the member (ints) */
+    int64_t min, max;
+    int64_t unit_ms; /* durations: milliseconds per unit of the member */
+    const char *def; /* default, written as it would be in the file; NULL: none */
+    bool required;
+    bool is_raw; /* no ${...} substitution (keys that may contain "${") */
+    const char *const *choices;
+    s_check_fn check;
+    const s_section_t *section;
+    size_t count_offset;
+} s_field_t;
+
+/* Called when a mapping-valued key holds a scalar instead (e.g. `redis: embedded`). */
+typedef sn_rc_t (*s_scalar_fn)(s_ctx_t *ctx, const s_node_t *node, void *base, const char *path);
+
+struct s_section {
+    const s_field_t *fields;
+    size_t field_count;
+    size_t size; /* sizeof the struct, for sequence items */
+    s_scalar_fn on_scalar;
+};
+
+struct s_ctx {
+    const char *name;
+    char *err;
+    size_t err_len;
+    s_node_t *root;
+};
+
+static const char *s_check_endpoint(const char *value);
+static const char *s_check_z85(const char *value);
+static sn_rc_t s_redis_scalar(s_ctx_t *ctx, const s_node_t *node, void *base, const char *path);
+
+#define S_MEMBER_SIZE(T, m) sizeof(((T *)0)->m)
+#define S_ROW_STR(T, m, k, d, req)                                                                 \
+    {                                                                                              \
+        .key = (k), .kind = S_STR, .offset = offsetof(T, m), .def = (d), .required = (req)         \
+    }
+#define S_ROW_CHECKED(T, m, k, d, fn, raw)                                                         \
+    {                                                                                              \
+        .key = (k), .kind = S_STR, .offset = offsetof(T, m), .def = (d), .check = (fn),            \
+        .is_raw = (raw)                                                                            \
+    }
+#define S_ROW_INT(T, m, k, lo, hi, d)                                                              \
+    {                                                                                              \
+        .key = (k), .kind = S_INT, .offset = offsetof(T, m), .width = S_MEMBER_SIZE(T, m),         \
+        .min = (lo), .max = (hi), .def = (d)                                                       \
+    }
+#define S_ROW_DUR(T, m, k, unit, lo, hi, d)                                                        \
+    {                                                                                              \
+        .key = (k), .kind = S_DURATION, .offset = offsetof(T, m), .width = S_MEMBER_SIZE(T, m),    \
+        .unit_ms = (unit), .min = (lo), .max = (hi), .def = (d)                                    \
+    }
+#define S_ROW_BOOL(T, m, k, d)                                                                     \
+    {                                                                                              \
+        .key = (k), .kind = S_BOOL, .offset = offsetof(T, m), .def = (d)                           \
+    }
+#define S_ROW_ENUM(T, m, k, ch, d)                                                                 \
+    {                                                                                              \
+        .key = (k), .kind = S_ENUM, .offset = offsetof(T, m), .choices = (ch), .def = (d)          \
+    }
+#define S_ROW_LIST(T, m, k, fn, raw)                                                               \
+    {                                                                                              \
+        .key = (k), .kind = S_STRLIST, .offset = offsetof(T, m), .check = (fn), .is_raw = (raw)    \
+    }
+#define S_ROW_MAP(T, m, k, sec)                                                                    \
+    {                                                                                              \
+        .key = (k), .kind = S_MAP, .offset = offsetof(T, m), .section = (sec)                      \
+    }
+#define S_ROW_SEQ(T, m, cnt, k, sec)                                                               \
+    {                                                                                              \
+        .key = (k), .kind = S_SEQ, .offset = offsetof(T, m), .count_offset = offsetof(T, cnt),     \
+        .section = (sec)                                                                           \
+    }
+#define S_SECTION(T, rows, fn)                                                                     \
+    {                                                                                              \
+        (rows), SN_ARRAY_LEN(rows), sizeof(T), (fn)                                                \
+    }
+
+static const s_field_t s_principal_rows[] = {
+    S_ROW_STR(sn_principal_config_t, name, "name", NULL, true),
+    {.key = "public_key",
+     .kind = S_STR,
+     .offset = offsetof(sn_principal_config_t, public_key),
+     .required = true,
+     .is_raw = true,
+     .check = s_check_z85},
+    S_ROW_LIST(sn_principal_config_t, publish, "publish", NULL, false),
+    S_ROW_LIST(sn_principal_config_t, subscribe, "subscribe", NULL, false),
+    S_ROW_LIST(sn_principal_config_t, call, "call", NULL, false),
+    S_ROW_LIST(sn_principal_config_t, serve, "serve", NULL, false),
+};
+static const s_section_t s_principal_section =
+    S_SECTION(sn_principal_config_t, s_principal_rows, NULL);
+
+static const s_field_t s_broker_rows[] = {
+    S_ROW_CHECKED(sn_broker_config_t, rpc, "rpc", "tcp://127.0.0.1:7700", s_check_endpoint, false),
+    S_ROW_CHECKED(sn_broker_config_t, pub, "pub", "tcp://127.0.0.1:7701", s_check_endpoint, false),
+    S_ROW_CHECKED(sn_broker_config_t, sub, "sub", "tcp://127.0.0.1:7702", s_check_endpoint, false),
+    S_ROW_BOOL(sn_broker_config_t, curve, "curve", "false"),
+    S_ROW_STR(sn_broker_config_t, server_secret_file, "server_secret_file", NULL, false),
+    S_ROW_CHECKED(sn_broker_config_t, server_public_key, "server_public_key", NULL, s_check_z85,
+                  true),
+    S_ROW_STR(sn_broker_config_t, client_cert_file, "client_cert_file", NULL, false),
+    S_ROW_SEQ(sn_broker_config_t, principals, principal_count, "principals", &s_principal_section),
+    S_ROW_LIST(sn_broker_config_t, revoked, "revoked", s_check_z85, true),
+    S_ROW_DUR(sn_broker_config_t, heartbeat_ms, "heartbeat_ms", 1, 100, 60000, "1000"),
+    S_ROW_INT(sn_broker_config_t, heartbeat_liveness, "heartbeat_liveness", 1, 100, "3"),
+    S_ROW_INT(sn_broker_config_t, max_frame_bytes, "max_frame_bytes", 1024, INT64_C(1) << 30,
+              "1048576"),
+};
+static const s_section_t s_broker_section = S_SECTION(sn_broker_config_t, s_broker_rows, NULL);
+
+static const s_field_t s_redis_rows[] = {
+    S_ROW_BOOL(sn_redis_config_t, embedded, "embedded", "false"),
+    S_ROW_STR(sn_redis_config_t, unix_path, "unix_path", NULL, false),
+    S_ROW_STR(sn_redis_config_t, host, "host", "127.0.0.1", false),
+    S_ROW_INT(sn_redis_config_t, port, "port", 1, 65535, "6379"),
+    S_ROW_DUR(sn_redis_config_t, timeout_ms, "timeout_ms", 1, 10, 600000, "2000"),
+};
+static const s_section_t s_redis_section =
+    S_SECTION(sn_redis_config_t, s_redis_rows, s_redis_scalar);
+
+#define S_DAY_MS INT64_C(86400000)
+static const s_field_t s_runtime_rows[] = {
+    S_ROW_DUR(sn_runtime_config_t, leader_ttl_ms, "leader_ttl_ms", 1, 100, 3600000, "5000"),
+    /* default ttl / 3, filled in by s_finish */
+    S_ROW_DUR(sn_runtime_config_t, leader_renew_ms, "leader_renew_ms", 1, 10, 3600000, NULL),
+    S_ROW_DUR(sn_runtime_config_t, job_lease_ms, "job_lease_ms", 1, 100, S_DAY_MS, "30000"),
+    S_ROW_DUR(sn_runtime_config_t, job_lease_max_ms, "job_lease_max_ms", 1, 100, 7 * S_DAY_MS,
+              "3600000"),
+    S_ROW_INT(sn_runtime_config_t, job_max_attempts, "job_max_attempts", 1, 1000, "5"),
+    S_ROW_DUR(sn_runtime_config_t, shutdown_grace_ms, "shutdown_grace_ms", 1, 0, 600000, "10000"),
+    S_ROW_DUR(sn_runtime_config_t, agent_ttl_ms, "agent_ttl_ms", 1, 1000, 3600000, "15000"),
+    S_ROW_INT(sn_runtime_config_t, journal_max_len, "journal_max_len", 1, INT64_C(1000000000000),
+              "1000000"),
+    S_ROW_DUR(sn_runtime_config_t, journal_max_age_s, "journal_max_age_s", 1000, 60, 3650 * 86400,
+              "30d"),
+};
+static const s_section_t s_runtime_section = S_SECTION(sn_runtime_config_t, s_runtime_rows, NULL);
+
+static const s_field_t s_process_rows[] = {
+    S_ROW_STR(sn_process_config_t, role, "role", NULL, true),
+    S_ROW_INT(sn_process_config_t, instances, "instances", 1, 64, "1"),
+};
+static const s_section_t s_process_section = S_SECTION(sn_process_config_t, s_process_rows, NULL);
+
+static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "off", NULL};
+
+static const s_field_t s_top_rows[] = {
+    S_ROW_STR(sn_config_t, namespace_, "namespace", "sentinel:", false),
+    S_ROW_STR(sn_config_t, state_dir, "state_dir", "./var", false),
+    S_ROW_ENUM(sn_config_t, log_level, "log_level", s_log_levels, "info"),
+    S_ROW_MAP(sn_config_t, broker, "broker", &s_broker_section),
+    S_ROW_MAP(sn_config_t, redis, "redis", &s_redis_section),
+    S_ROW_MAP(sn_config_t, runtime, "runtime", &s_runtime_section),
+    S_ROW_SEQ(sn_config_t, processes, process_count, "processes", &s_process_section),
+};
+static const s_section_t s_top_section = S_SECTION(sn_config_t, s_top_rows, NULL);
+
+/* ---- statics -------------------------------------------------------------------------- */
+
+static sn_rc_t s_fail(s_ctx_t *ctx, const s_node_t *node, const char *path, const char *fmt, ...)
+    SN_PRINTF(4, 5);
+static sn_rc_t s_parse_tree(s_ctx_t *ctx, const char *data, size_t len);
+static bool s_is_null(const s_node_t *node);
+static void s_node_free(s_node_t *node);
+static sn_rc_t s_apply_section(s_ctx_t *ctx, const s_section_t *sec, const s_node_t *node,
+                               void *base, const char *path);
+static void s_free_section(const s_section_t *sec, void *base);
+static sn_rc_t s_finish(s_ctx_t *ctx, sn_config_t *cfg);
+
+/* ---- public --------------------------------------------------------------------------- */
+
+sn_rc_t sn_config_load(const char *path, sn_config_t *cfg, char *err, size_t err_len)
+{
+    SN_ASSERT(path && cfg);
+    memset(cfg, 0, sizeof(*cfg));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (err && err_len)
+            snprintf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
+        return SN_ERROR;
+    }
+    char *buf = sn_malloc(S_MAX_BYTES + 1);
+    size_t len = 0;
+    sn_rc_t rc = SN_OK;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, S_MAX_BYTES + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            if (err && err_len)
+                snprintf(err, err_len, "%s: cannot read: %s", path, strerror(errno));
+            rc = SN_ERROR;
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > S_MAX_BYTES)
+            break;
+    }
+    close(fd);
+    if (rc == SN_OK)
+        rc = sn_config_load_string(path, buf, len, cfg, err, err_len);
+    free(buf);
+    return rc;
+}
+
+sn_rc_t sn_config_load_string(const char *name, const char *yaml, size_t len, sn_config_t *cfg,
+                              char *err, size_t err_len)
+{
+    SN_ASSERT(name && cfg && (yaml || len == 0));
+    memset(cfg, 0, sizeof(*cfg));
+    char dummy[1];
+    s_ctx_t ctx = {.name = name,
+                   .err = err && err_len ? err : dummy,
+                   .err_len = err && err_len ? err_len : sizeof dummy};
+    ctx.err[0] = '\0';
+    if (len > S_MAX_BYTES) {
+        snprintf(ctx.err, ctx.err_len, "%s: file is larger than %d bytes, refused", name,
+                 S_MAX_BYTES);
+        return SN_ERROR;
+    }
+    sn_rc_t rc = s_parse_tree(&ctx, yaml ? yaml : "", len);
+    if (rc == SN_OK && (!ctx.root || s_is_null(ctx.root))) {
+        snprintf(ctx.err, ctx.err_len, "%s:1:1: the file is empty: expected a mapping of settings",
+                 name);
+        rc = SN_ERROR;
+    }
+    if (rc == SN_OK)
+        rc = s_apply_section(&ctx, &s_top_section, ctx.root, cfg, "");
+    if (rc == SN_OK)
+        rc = s_finish(&ctx, cfg);
+    if (rc == SN_OK) {
+        cfg->path = sn_strdup(name);
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int md_len = 0;
+        SN_ASSERT(EVP_Digest(yaml ? yaml : "", len, md, &md_len, EVP_sha256(), NULL) == 1);
+        SN_ASSERT(md_len == 32);
+        for (unsigned int i = 0; i < md_len; i++)
+            snprintf(cfg->hash + 2 * i, 3, "%02x", md[i]);
+    } else {
+        sn_config_fini(cfg);
+    }
+    s_node_free(ctx.root);
+    return rc;
+}
+
+void sn_config_fini(sn_config_t *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->path);
+    s_free_section(&s_top_section, cfg);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+/* ---- errors --------------------------------------------------------------------------- */
+
+static sn_rc_t s_fail(s_ctx_t *ctx, const s_node_t *node, const char *path, const char *fmt, ...)
+{
+    int line = node ? node->line : 1;
+    int col = node ? node->col : 1;
+    int n = snprintf(ctx->err, ctx->err_len, "%s:%d:%d: ", ctx->name, line, col);
+    if (n < 0 || (size_t)n >= ctx->err_len)
+        return SN_ERROR;
+    size_t used = (size_t)n;
+    if (path && *path) {
+        n = snprintf(ctx->err + used, ctx->err_len - used, "%s: ", path);
+        if (n < 0 || (size_t)n >= ctx->err_len - used)
+            return SN_ERROR;
+        used += (size_t)n;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err + used, ctx->err_len - used, fmt, ap);
+    va_end(ap);
+    return SN_ERROR;
+}
+
+/* Quotes @s for a message: printable ASCII, at most 40 characters, escapes otherwise. */
+static const char *s_quote(const char *s, size_t len, char *buf, size_t buf_len)
+{
+    size_t o = 0;
+    SN_ASSERT(buf_len >= 16);
+    buf[o++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (o + 9 >= buf_len || i >= 40) { /* room: an escape, "...", the quote, NUL */
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            buf[o++] = (char)c;
+        } else {
+            snprintf(buf + o, buf_len - o, "\\x%02x", c);
+            o += 4;
+        }
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}
+
+/* ---- the tree, from libyaml events ---------------------------------------------------- */
+
+static s_node_t *s_node_new(s_node_type_t type, const yaml_mark_t *mark)
+{
+    s_node_t *n = sn_calloc(1, sizeof(*n));
+    n->type = type;
+    n->line = (int)mark->line + 1;
+    n->col = (int)mark->column + 1;
+    return n;
+}
+
+static void s_node_free(s_node_t *node)
+{
+    if (!node)
+        return;
+    for (size_t i = 0; i < node->count; i++)
+        s_node_free(node->items[i]);
+    free(node->items);
+    free(node->value);
+    free(node);
+}
+
+static void s_node_push(s_node_t *parent, s_node_t *child)
+{
+    if (parent->count == parent->cap) {
+        parent->cap = parent->cap ? parent->cap * 2 : 8;
+        parent->items = sn_realloc(parent->items, parent->cap * sizeof(*parent->items));
+    }
+    parent->items[parent->count++] = child;
+}
+
+/* Line and column (1-based) of byte @offset, for reader errors that carry only an offset. */
+static void s_offset_to_mark(const char *data, size_t len, size_t offset, int *line, int *col)
+{
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < offset && i < len; i++) {
+        if (data[i] == '\n') {
+            (*line)++;
+            *col = 1;
+        } else {
+            (*col)++;
+        }
+    }
+}
+
+static sn_rc_t s_yaml_error(s_ctx_t *ctx, yaml_parser_t *parser, const char *data, size_t len)
+{
+    const char *problem = parser->problem ? parser->problem : "unknown error";
+    int line = (int)parser->problem_mark.line + 1;
+    int col = (int)parser->problem_mark.column + 1;
+    if (parser->error == YAML_READER_ERROR) {
+        s_offset_to_mark(data, len, parser->problem_offset, &line, &col);
+        snprintf(ctx->err, ctx->err_len, "%s:%d:%d: invalid input: %s (byte offset %zu)", ctx->name,
+                 line, col, problem, parser->problem_offset);
+    } else if (parser->context && (parser->context_mark.line != parser->problem_mark.line ||
+                                   parser->context_mark.column != parser->problem_mark.column)) {
+        snprintf(ctx->err, ctx->err_len, "%s:%d:%d: YAML syntax error: %s %s (line %d, column %d)",
+                 ctx->name, line, col, problem, parser->context, (int)parser->context_mark.line + 1,
+                 (int)parser->context_mark.column + 1);
+    } else if (parser->context) {
+        snprintf(ctx->err, ctx->err_len, "%s:%d:%d: YAML syntax error: %s %s", ctx->name, line, col,
+                 problem, parser->context);
+    } else {
+        snprintf(ctx->err, ctx->err_len, "%s:%d:%d: YAML syntax error: %s", ctx->name, line, col,
+                 problem);
+    }
+    return SN_ERROR;
+}
+
+static sn_rc_t s_parse_tree(s_ctx_t *ctx, const char *data, size_t len)
+{
+    yaml_parser_t parser;
+    SN_ASSERT(yaml_parser_initialize(&parser) == 1);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+    s_node_t *stack[S_MAX_DEPTH];
+    size_t depth = 0;
+    size_t nodes = 0;
+    int documents = 0;
+    sn_rc_t rc = SN_OK;
+    bool done = false;
+    while (!done && rc == SN_OK) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) {
+            rc = s_yaml_error(ctx, &parser, data, len);
+            break;
+        }
+        s_node_t *node = NULL;
+        int line = (int)ev.start_mark.line + 1;
+        int col = (int)ev.start_mark.column + 1;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT:
+            done = true;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++documents > 1) {
+                snprintf(ctx->err, ctx->err_len,
+                         "%s:%d:%d: a second YAML document: the file must hold exactly one",
+                         ctx->name, line, col);
+                rc = SN_ERROR;
+            }
+            break;
+        case YAML_ALIAS_EVENT:
+            snprintf(ctx->err, ctx->err_len, "%s:%d:%d: YAML aliases are not supported", ctx->name,
+                     line, col);
+            rc = SN_ERROR;
+            break;
+        case YAML_SCALAR_EVENT:
+        case YAML_MAPPING_START_EVENT:
+        case YAML_SEQUENCE_START_EVENT: {
+            const yaml_char_t *anchor = ev.type == YAML_SCALAR_EVENT ? ev.data.scalar.anchor
+                                        : ev.type == YAML_MAPPING_START_EVENT
+                                            ? ev.data.mapping_start.anchor
+                                            : ev.data.sequence_start.anchor;
+            if (anchor) {
+                snprintf(ctx->err, ctx->err_len, "%s:%d:%d: YAML anchors are not supported",
+                         ctx->name, line, col);
+                rc = SN_ERROR;
+                break;
+            }
+            if (++nodes > S_MAX_NODES) {
+                snprintf(ctx->err, ctx->err_len, "%s:%d:%d: too many YAML nodes (more than %d)",
+                         ctx->name, line, col, S_MAX_NODES);
+                rc = SN_ERROR;
+                break;
+            }
+            if (ev.type == YAML_SCALAR_EVENT) {
+                node = s_node_new(S_NODE_SCALAR, &ev.start_mark);
+                node->len = ev.data.scalar.length;
+                node->value = sn_malloc(node->len + 1);
+                memcpy(node->value, ev.data.scalar.value, node->len);
+                node->value[node->len] = '\0';
+                node->is_plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+            } else {
+                node = s_node_new(ev.type == YAML_MAPPING_START_EVENT ? S_NODE_MAP : S_NODE_SEQ,
+                                  &ev.start_mark);
+            }
+            if (depth > 0)
+                s_node_push(stack[depth - 1], node);
+            else if (!ctx->root)
+                ctx->root = node;
+            else
+                SN_ASSERT(!"two root nodes in one document");
+            if (node->type != S_NODE_SCALAR) {
+                if (depth == S_MAX_DEPTH) {
+                    snprintf(ctx->err, ctx->err_len,
+                             "%s:%d:%d: nesting deeper than %d levels, refused", ctx->name, line,
+                             col, S_MAX_DEPTH);
+                    rc = SN_ERROR;
+                    break;
+                }
+                stack[depth++] = node;
+            }
+            break;
+        }
+        case YAML_MAPPING_END_EVENT:
+        case YAML_SEQUENCE_END_EVENT:
+            SN_ASSERT(depth > 0);
+            depth--;
+            break;
+        default:
+            break;
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
+static const s_node_t *s_map_get(const s_node_t *map, const char *key)
+{
+    if (!map || map->type != S_NODE_MAP)
+        return NULL;
+    for (size_t i = 0; i + 1 < map->count; i += 2) {
+        const s_node_t *k = map->items[i];
+        if (k->type == S_NODE_SCALAR && strcmp(k->value, key) == 0)
+            return map->items[i + 1];
+    }
+    return NULL;
+}
+
+static bool s_is_null(const s_node_t *node)
+{
+    if (node->type != S_NODE_SCALAR || !node->is_plain)
+        return false;
+    return node->len == 0 || strcmp(node->value, "~") == 0 || strcmp(node->value, "null") == 0 ||
+           strcmp(node->value, "Null") == 0 || strcmp(node->value, "NULL") == 0;
+}
+
+static const char *s_describe(const s_node_t *node)
+{
+    if (node->type == S_NODE_MAP)
+        return "a mapping";
+    if (node->type == S_NODE_SEQ)
+        return "a sequence";
+    return s_is_null(node) ? "nothing" : "a scalar";
+}
+
+/* ---- substitution --------------------------------------------------------------------- */
+
+/* Resolves ${env:NAME} in @node's scalar into *out (fresh heap string); ${secret:NAME} is
+ * kept verbatim for the secret store; $${ is a literal ${. */
+static sn_rc_t s_expand(s_ctx_t *ctx, const s_node_t *node, const char *path, char **out)
+{
+    const char *s = node->value;
+    size_t len = node->len;
+    size_t cap = len + 1, o = 0;
+    char *buf = sn_malloc(cap);
+    for (size_t i = 0; i < len;) {
+        const char *piece = s + i;
+        size_t piece_len = 1;
+        char *env_value = NULL;
+        if (s[i] == '$' && i + 2 < len && s[i + 1] == '$' && s[i + 2] == '{') {
+            piece_len = 2; /* "${" */
+            piece = "${";
+            i += 3;
+        } else if (s[i] == '$' && i + 1 < len && s[i + 1] == '{') {
+            const char *close = memchr(s + i, '}', len - i);
+            if (!close) {
+                free(buf);
+                return s_fail(ctx, node, path, "unterminated \"${\" (use \"$${\" for a literal)");
+            }
+            size_t ref_len = (size_t)(close - (s + i)) + 1;
+            const char *name = NULL;
+            size_t name_len = 0;
+            bool is_env = false;
+            if (ref_len > 7 && strncmp(s + i, "${env:", 6) == 0) {
+                is_env = true;
+                name = s + i + 6;
+                name_len = ref_len - 7;
+            } else if (ref_len > 10 && strncmp(s + i, "${secret:", 9) == 0) {
+                name = s + i + 9;
+                name_len = ref_len - 10;
+            }
+            bool name_ok =
+                name && name_len <= 128 && (isalpha((unsigned char)name[0]) || name[0] == '_');
+            for (size_t k = 0; name_ok && k < name_len; k++)
+                name_ok = isalnum((unsigned char)name[k]) || name[k] == '_' ||
+                          (!is_env && (name[k] == '-' || name[k] == '.' || name[k] == '/'));
+            if (!name_ok) {
+                char q[64];
+                free(buf);
+                return s_fail(
+                    ctx, node, path,
+                    "bad reference %s: expected ${env:NAME} or ${secret:NAME} (\"$${\" for a "
+                    "literal)",
+                    s_quote(s + i, ref_len, q, sizeof q));
+            }
+            if (is_env) {
+                char var[129];
+                memcpy(var, name, name_len);
+                var[name_len] = '\0';
+                const char *v = getenv(var);
+                if (!v) {
+                    free(buf);
+                    return s_fail(ctx, node, path, "environment variable %s is not set", var);
+                }
+                env_value = sn_strdup(v);
+                piece = env_value;
+                piece_len = strlen(env_value);
+            } else {
+                piece_len = ref_len; /* secret: verbatim */
+            }
+            i += ref_len;
+        } else {
+            i++;
+        }
+        if (o + piece_len + 1 > cap) {
+            cap = (o + piece_len + 1) * 2;
+            buf = sn_realloc(buf, cap);
+        }
+        memcpy(buf + o, piece, piece_len);
+        o += piece_len;
+        free(env_value);
+    }
+    buf[o] = '\0';
+    if (strlen(buf) != o) {
+        free(buf);
+        return s_fail(ctx, node, path, "string contains a NUL byte");
+    }
+    *out = buf;
+    return SN_OK;
+}
+
+/* ---- scalar conversions --------------------------------------------------------------- */
+
+static bool s_parse_int(const char *s, int64_t *out)
+{
+    const char *p = s;
+    bool neg = false;
+    if (*p == '-' || *p == '+')
+        neg = *p++ == '-';
+    if (!isdigit((unsigned char)*p))
+        return false;
+    uint64_t v = 0;
+    for (; isdigit((unsigned char)*p); p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    if (*p != '\0')
+        return false;
+    if (!neg && v > (uint64_t)INT64_MAX)
+        return false;
+    if (neg && v > (uint64_t)INT64_MAX + 1)
+        return false;
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return true;
+}
+
+/* "250ms", "5s", "2m", "1h", "1d" in milliseconds, or a bare number of @unit_ms units. */
+static bool s_parse_duration(const char *s, int64_t unit_ms, int64_t *out_ms)
+{
+    size_t n = 0;
+    while (isdigit((unsigned char)s[n]))
+        n++;
+    if (n == 0 || n > 18)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    const char *suffix = s + n;
+    int64_t mult;
+    if (*suffix == '\0')
+        mult = unit_ms;
+    else if (strcmp(suffix, "ms") == 0)
+        mult = 1;
+    else if (strcmp(suffix, "s") == 0)
+        mult = 1000;
+    else if (strcmp(suffix, "m") == 0)
+        mult = 60000;
+    else if (strcmp(suffix, "h") == 0)
+        mult = 3600000;
+    else if (strcmp(suffix, "d") == 0)
+        mult = 86400000;
+    else
+        return false;
+    if (v > INT64_MAX / mult)
+        return false;
+    *out_ms = v * mult;
+    return true;
+}
+
+static void s_store_int(void *slot, size_t width, int64_t v)
+{
+    if (width == sizeof(int64_t)) {
+        int64_t x = v;
+        memcpy(slot, &x, sizeof x);
+    } else {
+        SN_ASSERT(width == sizeof(int));
+        SN_ASSERT(v >= INT_MIN && v <= INT_MAX);
+        int x = (int)v;
+        memcpy(slot, &x, sizeof x);
+    }
+}
+
+static bool s_parse_bool(const char *s, bool *out)
+{
+    static const char *const yes[] = {"true", "yes", "on"};
+    static const char *const no[] = {"false", "no", "off"};
+    for (size_t i = 0; i < SN_ARRAY_LEN(yes); i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return true;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Converts one scalar text @text for @f into the struct at @base. @node is NULL for defaults. */
+static sn_rc_t s_store_scalar(s_ctx_t *ctx, const s_field_t *f, const s_node_t *node,
+                              const char *text, void *base, const char *path)
+{
+    char *slot = (char *)base + f->offset;
+    char q[64];
+    const char *raw = node ? node->value : text;
+    size_t raw_len = node ? node->len : strlen(text);
+    switch (f->kind) {
+    case S_STR:
+    case S_ENUM: {
+        if (f->kind == S_ENUM) {
+            bool ok = false;
+            for (const char *const *c = f->choices; *c && !ok; c++)
+                ok = strcmp(*c, text) == 0;
+            if (!ok) {
+                char list[256] = "";
+                size_t o = 0;
+                for (const char *const *c = f->choices; *c; c++) {
+                    int n = snprintf(list + o, sizeof list - o, "%s%s", o ? ", " : "", *c);
+                    if (n < 0 || (size_t)n >= sizeof list - o)
+                        break;
+                    o += (size_t)n;
+                }
+                return s_fail(ctx, node, path, "expected one of %s, got %s", list,
+                              s_quote(raw, raw_len, q, sizeof q));
+            }
+        }
+        if (f->check) {
+            const char *why = f->check(text);
+            if (why)
+                return s_fail(ctx, node, path, "%s, got %s", why,
+                              s_quote(raw, raw_len, q, sizeof q));
+        }
+        char **dst = (char **)(void *)slot;
+        free(*dst);
+        *dst = sn_strdup(text);
+        return SN_OK;
+    }
+    case S_INT: {
+        int64_t v = 0;
+        if (!s_parse_int(text, &v) || v < f->min || v > f->max)
+            return s_fail(ctx, node, path, "expected an integer in [%lld, %lld], got %s",
+                          (long long)f->min, (long long)f->max, s_quote(raw, raw_len, q, sizeof q));
+        s_store_int(slot, f->width, v);
+        return SN_OK;
+    }
+    case S_DURATION: {
+        int64_t ms = 0;
+        bool ok = s_parse_duration(text, f->unit_ms, &ms) && ms % f->unit_ms == 0;
+        int64_t v = ok ? ms / f->unit_ms : 0;
+        if (!ok || v < f->min || v > f->max)
+            return s_fail(ctx, node, path,
+                          "expected an integer in [%lld, %lld] (%s) or a duration such as \"%s\", "
+                          "got %s",
+                          (long long)f->min, (long long)f->max, f->unit_ms == 1 ? "ms" : "s",
+                          f->unit_ms == 1 ? "250ms" : "30d", s_quote(raw, raw_len, q, sizeof q));
+        s_store_int(slot, f->width, v);
+        return SN_OK;
+    }
+    case S_BOOL: {
+        bool b = false;
+        if (!s_parse_bool(text, &b))
+            return s_fail(ctx, node, path, "expected true or false, got %s",
+                          s_quote(raw, raw_len, q, sizeof q));
+        memcpy(slot, &b, sizeof b);
+        return SN_OK;
+    }
+    default:
+        SN_ASSERT(!"not a scalar kind");
+    }
+    return SN_ERROR;
+}
+
+/* ---- walking the schema --------------------------------------------------------------- */
+
+static size_t s_edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return SIZE_MAX;
+    size_t prev[64], cur[64];
+    for (size_t j = 0; j <= lb; j++)
+        prev[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, (lb + 1) * sizeof(size_t));
+    }
+    return prev[lb];
+}
+
+static sn_rc_t s_unknown_key(s_ctx_t *ctx, const s_section_t *sec, const s_node_t *key,
+                             const char *path)
+{
+    char full[S_PATH_LEN], q[64];
+    snprintf(full, sizeof full, "%s%s%.64s", path, *path ? "." : "", key->value);
+    const char *best = NULL;
+    size_t best_d = SIZE_MAX;
+    for (size_t i = 0; i < sec->field_count; i++) {
+        size_t d = s_edit_distance(key->value, sec->fields[i].key);
+        if (d < best_d) {
+            best_d = d;
+            best = sec->fields[i].key;
+        }
+    }
+    if (best && best_d <= 3 && best_d < strlen(key->value))
+        return s_fail(ctx, key, full, "unknown key %s (did you mean \"%s\"?)",
+                      s_quote(key->value, key->len, q, sizeof q), best);
+    char list[512] = "";
+    size_t o = 0;
+    for (size_t i = 0; i < sec->field_count; i++) {
+        int n = snprintf(list + o, sizeof list - o, "%s%s", o ? ", " : "", sec->fields[i].key);
+        if (n < 0 || (size_t)n >= sizeof list - o)
+            break;
+        o += (size_t)n;
+    }
+    return s_fail(ctx, key, full, "unknown key %s (valid keys: %s)",
+                  s_quote(key->value, key->len, q, sizeof q), list);
+}
+
+static sn_rc_t s_apply_field(s_ctx_t *ctx, const s_field_t *f, const s_node_t *val, void *base,
+                             const char *path);
+
+static sn_rc_t s_apply_default(s_ctx_t *ctx, const s_field_t *f, void *base, const char *path)
+{
+    char *slot = (char *)base + f->offset;
+    switch (f->kind) {
+    case S_MAP:
+        return s_apply_section(ctx, f->section, NULL, slot, path);
+    case S_STRLIST: {
+        char ***dst = (char ***)(void *)slot;
+        if (!*dst)
+            *dst = sn_calloc(1, sizeof(char *));
+        return SN_OK;
+    }
+    case S_SEQ:
+        return SN_OK;
+    default:
+        return f->def ? s_store_scalar(ctx, f, NULL, f->def, base, path) : SN_OK;
+    }
+}
+
+/* Applies mapping @node (NULL: absent, all defaults) to the struct at @base. */
+static sn_rc_t s_apply_section(s_ctx_t *ctx, const s_section_t *sec, const s_node_t *node,
+                               void *base, const char *path)
+{
+    const s_node_t *seen[32] = {0};
+    SN_ASSERT(sec->field_count <= SN_ARRAY_LEN(seen));
+    if (node && node->type == S_NODE_SCALAR && sec->on_scalar && !s_is_null(node))
+        return sec->on_scalar(ctx, node, base, path);
+    if (node && s_is_null(node))
+        node = NULL; /* `broker:` with nothing after it: all defaults */
+    if (node && node->type != S_NODE_MAP)
+        return s_fail(ctx, node, path, "expected a mapping, got %s", s_describe(node));
+    for (size_t i = 0; node && i + 1 < node->count; i += 2) {
+        const s_node_t *key = node->items[i];
+        const s_node_t *val = node->items[i + 1];
+        if (key->type != S_NODE_SCALAR)
+            return s_fail(ctx, key, path, "a key must be a plain string, got %s", s_describe(key));
+        size_t fi = 0;
+        while (fi < sec->field_count && strcmp(sec->fields[fi].key, key->value) != 0)
+            fi++;
+        if (fi == sec->field_count)
+            return s_unknown_key(ctx, sec, key, path);
+        char sub[S_PATH_LEN];
+        snprintf(sub, sizeof sub, "%s%s%s", path, *path ? "." : "", sec->fields[fi].key);
+        if (seen[fi])
+            return s_fail(ctx, key, sub, "duplicate key (first at line %d, column %d)",
+                          seen[fi]->line, seen[fi]->col);
+        seen[fi] = key;
+        if (s_apply_field(ctx, &sec->fields[fi], val, base, sub) != SN_OK)
+            return SN_ERROR;
+    }
+    for (size_t fi = 0; fi < sec->field_count; fi++) {
+        if (seen[fi])
+            continue;
+        const s_field_t *f = &sec->fields[fi];
+        char sub[S_PATH_LEN];
+        snprintf(sub, sizeof sub, "%s%s%s", path, *path ? "." : "", f->key);
+        if (f->required)
+            return s_fail(ctx, node ? node : ctx->root, path, "missing required key \"%s\"",
+                          f->key);
+        if (s_apply_default(ctx, f, base, sub) != SN_OK)
+            return SN_ERROR;
+    }
+    return SN_OK;
+}
+
+static sn_rc_t s_scalar_text(s_ctx_t *ctx, const s_field_t *f, const s_node_t *val,
+                             const char *path, const char *what, char **out)
+{
+    if (val->type != S_NODE_SCALAR || s_is_null(val))
+        return s_fail(ctx, val, path, "expected %s, got %s", what, s_describe(val));
+    if (f->is_raw) {
+        if (strlen(val->value) != val->len)
+            return s_fail(ctx, val, path, "string contains a NUL byte");
+        *out = sn_strdup(val->value);
+        return SN_OK;
+    }
+    return s_expand(ctx, val, path, out);
+}
+
+static sn_rc_t s_apply_field(s_ctx_t *ctx, const s_field_t *f, const s_node_t *val, void *base,
+                             const char *path)
+{
+    char *slot = (char *)base + f->offset;
+    switch (f->kind) {
+    case S_MAP:
+        return s_apply_section(ctx, f->section, val, slot, path);
+    case S_STRLIST: {
+        if (s_is_null(val))
+            return s_apply_default(ctx, f, base, path);
+        if (val->type != S_NODE_SEQ)
+            return s_fail(ctx, val, path, "expected a list of strings, got %s", s_describe(val));
+        char ***dst = (char ***)(void *)slot;
+        SN_ASSERT(!*dst);
+        *dst = sn_calloc(val->count + 1, sizeof(char *));
+        for (size_t i = 0; i < val->count; i++) {
+            char sub[S_PATH_LEN], q[64];
+            snprintf(sub, sizeof sub, "%s[%zu]", path, i);
+            char *text = NULL;
+            if (s_scalar_text(ctx, f, val->items[i], sub, "a string", &text) != SN_OK)
+                return SN_ERROR;
+            const char *why = f->check ? f->check(text) : NULL;
+            if (why) {
+                free(text);
+                return s_fail(ctx, val->items[i], sub, "%s, got %s", why,
+                              s_quote(val->items[i]->value, val->items[i]->len, q, sizeof q));
+            }
+            (*dst)[i] = text;
+        }
+        return SN_OK;
+    }
+    case S_SEQ: {
+        if (s_is_null(val))
+            return SN_OK;
+        if (val->type != S_NODE_SEQ)
+            return s_fail(ctx, val, path, "expected a list of mappings, got %s", s_describe(val));
+        void **dst = (void **)(void *)slot;
+        size_t *count = (size_t *)(void *)((char *)base + f->count_offset);
+        SN_ASSERT(!*dst);
+        *dst = sn_calloc(val->count ? val->count : 1, f->section->size);
+        *count = val->count;
+        for (size_t i = 0; i < val->count; i++) {
+            char sub[S_PATH_LEN];
+            snprintf(sub, sizeof sub, "%s[%zu]", path, i);
+            const s_node_t *item = val->items[i];
+            if (item->type != S_NODE_MAP)
+                return s_fail(ctx, item, sub, "expected a mapping, got %s", s_describe(item));
+            if (s_apply_section(ctx, f->section, item, (char *)*dst + i * f->section->size, sub) !=
+                SN_OK)
+                return SN_ERROR;
+        }
+        return SN_OK;
+    }
+    default: {
+        static const char *const what[] = {[S_STR] = "a string",
+                                           [S_INT] = "an integer",
+                                           [S_DURATION] = "a duration",
+                                           [S_BOOL] = "true or false",
+                                           [S_ENUM] = "a name"};
+        char *text = NULL;
+        if (s_scalar_text(ctx, f, val, path, what[f->kind], &text) != SN_OK)
+            return SN_ERROR;
+        sn_rc_t rc = s_store_scalar(ctx, f, val, text, base, path);
+        free(text);
+        return rc;
+    }
+    }
+}
+
+static void s_free_section(const s_section_t *sec, void *base)
+{
+    for (size_t fi = 0; fi < sec->field_count; fi++) {
+        const s_field_t *f = &sec->fields[fi];
+        char *slot = (char *)base + f->offset;
+        switch (f->kind) {
+        case S_STR:
+        case S_ENUM: {
+            char **p = (char **)(void *)slot;
+            free(*p);
+            *p = NULL;
+            break;
+        }
+        case S_STRLIST: {
+            char ***p = (char ***)(void *)slot;
+            for (char **s = *p; s && *s; s++)
+                free(*s);
+            free(*p);
+            *p = NULL;
+            break;
+        }
+        case S_MAP:
+            s_free_section(f->section, slot);
+            break;
+        case S_SEQ: {
+            void **p = (void **)(void *)slot;
+            size_t *count = (size_t *)(void *)((char *)base + f->count_offset);
+            for (size_t i = 0; *p && i < *count; i++)
+                s_free_section(f->section, (char *)*p + i * f->section->size);
+            free(*p);
+            *p = NULL;
+            *count = 0;
+            break;
+        }
+        default:
+            break;
+        }
+    }
+}
+
+/* ---- custom forms and checks ---------------------------------------------------------- */
+
+/* `redis: embedded`: a private server under state_dir, every other setting defaulted. */
+static sn_rc_t s_redis_scalar(s_ctx_t *ctx, const s_node_t *node, void *base, const char *path)
+{
+    char q[64];
+    if (strcmp(node->value, "embedded") != 0)
+        return s_fail(ctx, node, path, "expected \"embedded\" or a mapping, got %s",
+                      s_quote(node->value, node->len, q, sizeof q));
+    if (s_apply_section(ctx, &s_redis_section, NULL, base, path) != SN_OK)
+        return SN_ERROR;
+    ((sn_redis_config_t *)base)->embedded = true;
+    return SN_OK;
+}
+
+static const char *s_check_endpoint(const char *v)
+{
+    static const char *const why =
+        "expected a ZeroMQ endpoint (tcp://host:port, ipc://path or inproc://name)";
+    if (strncmp(v, "ipc://", 6) == 0)
+        return v[6] ? NULL : why;
+    if (strncmp(v, "inproc://", 9) == 0)
+        return v[9] ? NULL : why;
+    if (strncmp(v, "tcp://", 6) != 0)
+        return why;
+    const char *host = v + 6;
+    const char *colon = strrchr(host, ':');
+    if (!colon || colon == host)
+        return why;
+    const char *port = colon + 1;
+    if (strcmp(port, "*") == 0)
+        return NULL;
+    int64_t p = 0;
+    if (!s_parse_int(port, &p) || p < 1 || p > 65535 || port[0] == '+' || port[0] == '-')
+        return why;
+    return NULL;
+}
+
+static const char *s_check_z85(const char *v)
+{
+    if (strlen(v) != 40 || strspn(v, S_Z85_CHARS) != 40)
+        return "expected a 40-character Z85 CURVE public key";
+    return NULL;
+}
+
+static bool s_endpoint_is_loopback(const char *v)
+{
+    if (strncmp(v, "tcp://", 6) != 0)
+        return true; /* ipc:// and inproc:// never leave the host */
+    const char *host = v + 6;
+    size_t host_len = (size_t)(strrchr(host, ':') - host);
+    if (host_len == 9 && strncmp(host, "localhost", 9) == 0)
+        return true;
+    if (host_len == 5 && strncmp(host, "[::1]", 5) == 0)
+        return true;
+    return host_len >= 4 && strncmp(host, "127.", 4) == 0;
+}
+
+/* A node by path under the root for cross-field messages; falls back to the nearest parent. */
+static const s_node_t *s_locate(const s_ctx_t *ctx, const char *section, const char *key)
+{
+    const s_node_t *sec = s_map_get(ctx->root, section);
+    const s_node_t *n = key ? s_map_get(sec, key) : NULL;
+    if (n)
+        return n;
+    if (sec)
+        return sec;
+    return ctx->root;
+}
+
+/* Cross-field checks and derived defaults, once every key has its value. */
+static sn_rc_t s_finish(s_ctx_t *ctx, sn_config_t *cfg)
+{
+    sn_broker_config_t *b = &cfg->broker;
+    sn_runtime_config_t *rt = &cfg->runtime;
+    if (b->curve && !b->server_secret_file)
+        return s_fail(ctx, s_locate(ctx, "broker", "curve"), "broker.curve",
+                      "curve is on but broker.server_secret_file is not set");
+    const char *names[] = {"rpc", "pub", "sub"};
+    const char *eps[] = {b->rpc, b->pub, b->sub};
+    for (size_t i = 0; i < 3; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "broker.%s", names[i]);
+        if (!b->curve && !s_endpoint_is_loopback(eps[i]))
+            return s_fail(ctx, s_locate(ctx, "broker", names[i]), path,
+                          "%s is not a loopback endpoint: binding beyond this host requires "
+                          "broker.curve: true",
+                          eps[i]);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(eps[i], eps[j]) == 0)
+                return s_fail(ctx, s_locate(ctx, "broker", names[i]), path,
+                              "the same endpoint as broker.%s", names[j]);
+    }
+    const s_node_t *pnodes = s_map_get(s_map_get(ctx->root, "broker"), "principals");
+    for (size_t i = 0; i < b->principal_count; i++) {
+        for (size_t j = 0; j < i; j++) {
+            const char *what =
+                strcmp(b->principals[i].name, b->principals[j].name) == 0 ? "name"
+                : strcmp(b->principals[i].public_key, b->principals[j].public_key) == 0
+                    ? "public_key"
+                    : NULL;
+            if (what) {
+                char path[64];
+                snprintf(path, sizeof path, "broker.principals[%zu].%s", i, what);
+                const s_node_t *at =
+                    pnodes && i < pnodes->count ? s_map_get(pnodes->items[i], what) : NULL;
+                return s_fail(ctx, at ? at : ctx->root, path,
+                              "the same %s as broker.principals[%zu]", what, j);
+            }
+        }
+    }
+    if (rt->leader_renew_ms == 0)
+        rt->leader_renew_ms = rt->leader_ttl_ms / 3;
+    if (rt->leader_renew_ms >= rt->leader_ttl_ms)
+        return s_fail(ctx, s_locate(ctx, "runtime", "leader_renew_ms"), "runtime.leader_renew_ms",
+                      "must be less than runtime.leader_ttl_ms (%d), got %d", rt->leader_ttl_ms,
+                      rt->leader_renew_ms);
+    if (rt->job_lease_ms > rt->job_lease_max_ms)
+        return s_fail(ctx, s_locate(ctx, "runtime", "job_lease_ms"), "runtime.job_lease_ms",
+                      "must not exceed runtime.job_lease_max_ms (%d), got %d", rt->job_lease_max_ms,
+                      rt->job_lease_ms);
+    if (cfg->redis.embedded && !cfg->redis.unix_path)
+        cfg->redis.unix_path = sn_strdupf("%s/redis.sock", cfg->state_dir);
+    return SN_OK;
+}
