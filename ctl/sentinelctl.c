@@ -1,8 +1,0 @@
-/* sentinelctl: placeholder until the CLI lands. */
-#include <stdio.h>
-
-int main(void)
-{
-    fprintf(stderr, "sentinelctl: not built yet\n");
-    return 1;
-}
