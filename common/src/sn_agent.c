@@ -56,6 +56,7 @@ struct sn_request {
 
 typedef struct s_call {
     uint64_t request_id;
+    uint32_t attempt;
     int64_t local_deadline_ms;
     sn_call_done_fn *done;
     void *arg;
@@ -139,6 +140,7 @@ static void s_register(sn_ctx_t *ctx);
 static void s_record_leadership(sn_ctx_t *ctx, bool is_leader, const char *reason);
 static void s_send_answer(sn_ctx_t *ctx, sn_request_t *req);
 static void s_expire_calls(sn_ctx_t *ctx, int64_t now);
+static void s_fail_calls(sn_ctx_t *ctx, const char *reason);
 static int s_nak_code(const char *reason);
 
 /* ---- the agent host -------------------------------------------------------------------- */
@@ -300,6 +302,7 @@ void sn_ctx_call(sn_ctx_t *ctx, const char *service, const sn_envelope_t *env, i
     sn_metrics_add(ctx->metrics, "calls_sent", 1);
     s_call_t *call = sn_calloc(1, sizeof *call);
     call->request_id = request_id;
+    call->attempt = attempt;
     call->local_deadline_ms = sn_mono_ms() + deadline_ms + SN_AGENT_CALL_GRACE_MS;
     call->done = done;
     call->arg = arg;
@@ -903,9 +906,22 @@ static void s_expire_calls(sn_ctx_t *ctx, int64_t now)
             continue;
         }
         *p = call->next;
-        (void)sn_rpc_cancel(ctx->rpc, call->request_id, 0);
+        (void)sn_rpc_cancel(ctx->rpc, call->request_id, call->attempt);
         if (call->done)
             call->done(ctx, call->arg, NULL, "timeout");
+        free(call);
+    }
+}
+
+/* Answers every outstanding call with @reason, so roles get their arguments back. */
+static void s_fail_calls(sn_ctx_t *ctx, const char *reason)
+{
+    while (ctx->calls) {
+        s_call_t *call = ctx->calls;
+        ctx->calls = call->next;
+        (void)sn_rpc_cancel(ctx->rpc, call->request_id, call->attempt);
+        if (call->done)
+            call->done(ctx, call->arg, NULL, reason);
         free(call);
     }
 }
@@ -1082,6 +1098,7 @@ static void s_shutdown(sn_ctx_t *ctx)
         if (sn_leader_release(ctx->leader) != SN_OK)
             sn_warn("agent", "leader lock not released: it lapses by its ttl");
     }
+    s_fail_calls(ctx, "shutdown");
     if (ctx->role->destroy)
         ctx->role->destroy(ctx, ctx->state);
     ctx->state = NULL;
