@@ -118,8 +118,7 @@ bool broker_acl_may_subscribe(broker_acl_t *self, const char *principal, const v
     return s_allowed(self, principal, 1, prefix, len);
 }
 
-bool broker_acl_may_call(broker_acl_t *self, const char *principal, const void *service,
-                         size_t len)
+bool broker_acl_may_call(broker_acl_t *self, const char *principal, const void *service, size_t len)
 {
     return s_allowed(self, principal, 2, service, len);
 }

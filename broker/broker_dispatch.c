@@ -37,7 +37,7 @@ struct s_peer {
     char principal[SN_PROTO_MAX_NAME + 1];
     int64_t expires_at;
     bool is_worker;
-    zlistx_t *slots; /* s_slot_t*, owned */
+    zlistx_t *slots;      /* s_slot_t*, owned */
     const char *last_why; /* last malformed reason logged for this peer */
 };
 
@@ -75,6 +75,7 @@ struct broker_dispatch {
     uint64_t dispatch_seq;
     uint64_t reg_seq;
     int64_t forbidden_logged_at; /* refusals are logged at most once a second */
+    int64_t malformed_logged_at; /* the same for malformed input from unknown peers */
     sn_source_t source;
 };
 
@@ -225,8 +226,7 @@ int broker_dispatch_tick(broker_dispatch_t *self, int64_t now)
         while (r) {
             s_request_t *next = zlistx_next(s->queue);
             if (r->deadline_at <= now) {
-                s_nak(self, r->client->rid, r->client->rid_len, r->id, r->attempt,
-                      SN_NAK_EXPIRED);
+                s_nak(self, r->client->rid, r->client->rid_len, r->id, r->attempt, SN_NAK_EXPIRED);
                 s_request_free(self, r);
             }
             r = next;
@@ -383,8 +383,10 @@ static void s_on_answer(broker_dispatch_t *self, s_peer_t *peer, const sn_proto_
 {
     if (!peer->is_worker) {
         self->stats->stale_replies++;
-        sn_warn("broker", "%s from a peer that is not a registered worker, sending DISCONNECT "
-                "peer=%s", sn_proto_cmd_name(m->cmd), peer->key);
+        sn_warn("broker",
+                "%s from a peer that is not a registered worker, sending DISCONNECT "
+                "peer=%s",
+                sn_proto_cmd_name(m->cmd), peer->key);
         s_send_simple(self, peer, SN_PROTO_DISCONNECT);
         s_peer_remove(self, peer, NULL);
         return;
@@ -394,9 +396,8 @@ static void s_on_answer(broker_dispatch_t *self, s_peer_t *peer, const sn_proto_
     s_request_t *req = zhash_lookup(self->requests, key);
     if (!req || !req->slot || req->slot->worker != peer || req->attempt != m->attempt) {
         self->stats->stale_replies++;
-        sn_info("broker", "stale %s dropped id=%llu attempt=%u peer=%s",
-                sn_proto_cmd_name(m->cmd), (unsigned long long)m->request_id, m->attempt,
-                peer->key);
+        sn_info("broker", "stale %s dropped id=%llu attempt=%u peer=%s", sn_proto_cmd_name(m->cmd),
+                (unsigned long long)m->request_id, m->attempt, peer->key);
         return;
     }
     s_service_t *svc = req->svc;
@@ -468,11 +469,10 @@ static void s_dispatch(broker_dispatch_t *self, s_service_t *svc)
             .route = {req->client->rid, req->client->rid_len},
         };
         s_peer_t *w = best->worker;
-        if (sn_proto_send_zmsg(self->router, w->rid, w->rid_len, &out, SN_PROTO_DOWN,
-                               &req->env) != SN_OK) {
+        if (sn_proto_send_zmsg(self->router, w->rid, w->rid_len, &out, SN_PROTO_DOWN, &req->env) !=
+            SN_OK) {
             self->stats->send_failed++;
-            sn_warn("broker", "dispatch to worker failed peer=%s: %s", w->key,
-                    zmq_strerror(errno));
+            sn_warn("broker", "dispatch to worker failed peer=%s: %s", w->key, zmq_strerror(errno));
             best->credit = 0; /* it will expire; send it nothing more */
             s_nak(self, req->client->rid, req->client->rid_len, req->id, req->attempt,
                   SN_NAK_WORKER_LOST);
@@ -586,8 +586,7 @@ static void s_send(broker_dispatch_t *self, const uint8_t *rid, size_t rid_len,
                      : sn_proto_send(self->router, rid, rid_len, m, SN_PROTO_DOWN);
     if (rc != SN_OK) {
         self->stats->send_failed++;
-        sn_debug("broker", "send %s failed: %s", sn_proto_cmd_name(m->cmd),
-                 zmq_strerror(errno));
+        sn_debug("broker", "send %s failed: %s", sn_proto_cmd_name(m->cmd), zmq_strerror(errno));
     }
 }
 
@@ -676,6 +675,11 @@ static void s_malformed(broker_dispatch_t *self, const zmq_msg_t *rid, const cha
         if (peer->last_why == why)
             return; /* once per peer and kind of error */
         peer->last_why = why;
+    } else {
+        int64_t now = sn_mono_ms();
+        if (now - self->malformed_logged_at < 1000)
+            return;
+        self->malformed_logged_at = now;
     }
     sn_warn("broker", "malformed message refused why=%s peer=%s", why, key);
 }

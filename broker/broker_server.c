@@ -150,8 +150,10 @@ static void s_actor(zsock_t *pipe, void *arg)
             a->curve ? "on" : "off");
 
     zmq_pollitem_t items[5] = {
-        {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0}, {a->router, 0, ZMQ_POLLIN, 0},
-        {a->xsub, 0, ZMQ_POLLIN, 0},             {a->xpub, 0, ZMQ_POLLIN, 0},
+        {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
+        {a->router, 0, ZMQ_POLLIN, 0},
+        {a->xsub, 0, ZMQ_POLLIN, 0},
+        {a->xpub, 0, ZMQ_POLLIN, 0},
         {a->zap, 0, ZMQ_POLLIN, 0},
     };
     int nitems = a->zap ? 5 : 4;
@@ -218,8 +220,7 @@ static sn_rc_t s_start(s_actor_t *a, char *why, size_t why_len)
         sn_strlcpy(secret, zcert_secret_txt(cert), sizeof secret);
         zcert_destroy(&cert);
         if (strcmp(secret, "0000000000000000000000000000000000000000") == 0) {
-            snprintf(why, why_len, "CURVE server certificate %s has no secret key",
-                     a->secret_file);
+            snprintf(why, why_len, "CURVE server certificate %s has no secret key", a->secret_file);
             return SN_ERROR;
         }
         /* Our own ZAP handler, bound before any CURVE socket: without it libzmq would
@@ -430,8 +431,7 @@ static void s_on_xpub(s_actor_t *a)
         if (d[0] == 0) {
             /* Unsubscribing is always allowed (a no-op for a refused prefix). */
             zmq_setsockopt(a->xpub, ZMQ_UNSUBSCRIBE, d + 1, len - 1);
-        } else if (principal &&
-                   broker_acl_may_subscribe(a->acl, principal, d + 1, len - 1)) {
+        } else if (principal && broker_acl_may_subscribe(a->acl, principal, d + 1, len - 1)) {
             zmq_setsockopt(a->xpub, ZMQ_SUBSCRIBE, d + 1, len - 1);
             a->stats.subscribed++;
             sn_debug("broker", "subscription applied principal=%s prefix=%.*s", principal,

@@ -21,22 +21,22 @@ typedef struct {
 
 /* Counters, kept by the broker thread. */
 typedef struct {
-    uint64_t relayed;           /* events forwarded XSUB -> XPUB */
-    uint64_t publish_refused;   /* events dropped: topic not permitted */
-    uint64_t subscribe_refused; /* subscriptions refused */
-    uint64_t subscribed;        /* subscriptions applied */
-    uint64_t malformed;         /* protocol or event messages refused as malformed */
-    uint64_t stale_replies;     /* REPLY/NAK not matching an outstanding request */
-    uint64_t revoked_dropped;   /* messages from a revoked key */
-    uint64_t serve_refused;     /* READY entries not permitted */
-    uint64_t requests;          /* REQUESTs accepted */
-    uint64_t dispatched;        /* REQUESTs handed to a worker */
-    uint64_t replies;           /* REPLYs delivered to clients */
-    uint64_t cancels;           /* CANCELs applied */
-    uint64_t send_failed;       /* sends refused by libzmq (peer gone or at HWM) */
+    uint64_t relayed;                    /* events forwarded XSUB -> XPUB */
+    uint64_t publish_refused;            /* events dropped: topic not permitted */
+    uint64_t subscribe_refused;          /* subscriptions refused */
+    uint64_t subscribed;                 /* subscriptions applied */
+    uint64_t malformed;                  /* protocol or event messages refused as malformed */
+    uint64_t stale_replies;              /* REPLY/NAK not matching an outstanding request */
+    uint64_t revoked_dropped;            /* messages from a revoked key */
+    uint64_t serve_refused;              /* READY entries not permitted */
+    uint64_t requests;                   /* REQUESTs accepted */
+    uint64_t dispatched;                 /* REQUESTs handed to a worker */
+    uint64_t replies;                    /* REPLYs delivered to clients */
+    uint64_t cancels;                    /* CANCELs applied */
+    uint64_t send_failed;                /* sends refused by libzmq (peer gone or at HWM) */
     uint64_t nak[SN_NAK_REASON_MAX + 1]; /* NAKs sent to clients, by reason */
-    uint64_t workers;           /* gauge: registered workers */
-    uint64_t peers;             /* gauge: known peers */
+    uint64_t workers;                    /* gauge: registered workers */
+    uint64_t peers;                      /* gauge: known peers */
 } broker_stats_t;
 
 /* Starts the broker with @cfg (read during the call; NULL endpoints take the defaults,

@@ -972,7 +972,8 @@ static sn_rc_t s_apply_field(s_ctx_t *ctx, const s_field_t *f, const s_node_t *v
         *dst = sn_calloc(val->count + 1, sizeof(char *));
         for (size_t i = 0; i < val->count; i++) {
             char sub[S_PATH_LEN], q[64];
-            snprintf(sub, sizeof sub, "%s[%zu]", path, i);
+            if (snprintf(sub, sizeof sub, "%s[%zu]", path, i) >= (int)sizeof sub)
+                sub[sizeof sub - 1] = '\0'; /* a truncated path still names the key */
             char *text = NULL;
             if (s_scalar_text(ctx, f, val->items[i], sub, "a string", &text) != SN_OK)
                 return SN_ERROR;
@@ -998,7 +999,8 @@ static sn_rc_t s_apply_field(s_ctx_t *ctx, const s_field_t *f, const s_node_t *v
         *count = val->count;
         for (size_t i = 0; i < val->count; i++) {
             char sub[S_PATH_LEN];
-            snprintf(sub, sizeof sub, "%s[%zu]", path, i);
+            if (snprintf(sub, sizeof sub, "%s[%zu]", path, i) >= (int)sizeof sub)
+                sub[sizeof sub - 1] = '\0'; /* a truncated path still names the key */
             const s_node_t *item = val->items[i];
             if (item->type != S_NODE_MAP)
                 return s_fail(ctx, item, sub, "expected a mapping, got %s", s_describe(item));

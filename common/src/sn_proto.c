@@ -39,7 +39,7 @@ const char *sn_proto_cmd_name(int cmd)
 
 const char *sn_nak_reason_name(int reason)
 {
-    static const char *names[] = {"none",       "no-such-service", "forbidden", "expired",
+    static const char *names[] = {"none",        "no-such-service", "forbidden", "expired",
                                   "worker-lost", "overloaded",      "invalid"};
     if (reason < 0 || reason > SN_NAK_REASON_MAX)
         return "?";
@@ -153,8 +153,7 @@ sn_rc_t sn_proto_decode(const sn_proto_bytes_t *frames, size_t count, sn_proto_d
             if (cmd == SN_PROTO_REPLY) {
                 out->envelope = f[next];
             } else if (cmd == SN_PROTO_NAK) {
-                if (f[next].len != 1 || f[next].data[0] < 1 ||
-                    f[next].data[0] > SN_NAK_REASON_MAX)
+                if (f[next].len != 1 || f[next].data[0] < 1 || f[next].data[0] > SN_NAK_REASON_MAX)
                     return s_fail(why, "bad-reason");
                 out->reason = f[next].data[0];
             }

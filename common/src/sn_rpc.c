@@ -24,6 +24,7 @@ struct sn_rpc {
     bool has_curve;
     char server_key[41], public_key[41], secret_key[41];
     void *sock;
+    void *monitor; /* PAIR reading the DEALER's ZMQ_EVENT_DISCONNECTED */
     bool connected;
     int heartbeat_ms;
     int liveness;
@@ -45,6 +46,9 @@ static void s_heartbeat(sn_rpc_t *self);
 static bool s_read(sn_rpc_t *self);
 static sn_rpc_result_t *s_take(sn_rpc_t *self, uint64_t id);
 static void s_key(char *out, size_t len, uint64_t id);
+static void s_monitor_close(sn_rpc_t *self);
+static void s_fail_outstanding(sn_rpc_t *self);
+static void s_check_monitor(sn_rpc_t *self);
 
 sn_rpc_t *sn_rpc_new(const char *endpoint, const sn_curve_keys_t *curve)
 {
@@ -80,6 +84,7 @@ void sn_rpc_destroy(sn_rpc_t **self_p)
     if (!self_p || !*self_p)
         return;
     sn_rpc_t *self = *self_p;
+    s_monitor_close(self);
     if (self->sock)
         zmq_close(self->sock);
     zhash_destroy(&self->outstanding);
@@ -119,8 +124,8 @@ sn_rc_t sn_rpc_send(sn_rpc_t *self, const char *service, const void *env, size_t
     return rc;
 }
 
-sn_rc_t sn_rpc_send_id(sn_rpc_t *self, uint64_t request_id, const char *service,
-                       const void *env, size_t len, uint32_t deadline_ms, uint32_t attempt)
+sn_rc_t sn_rpc_send_id(sn_rpc_t *self, uint64_t request_id, const char *service, const void *env,
+                       size_t len, uint32_t deadline_ms, uint32_t attempt)
 {
     if (request_id == 0 || !service || !sn_proto_name_ok(service, strlen(service)) ||
         deadline_ms > SN_PROTO_MAX_DEADLINE_MS || (len > 0 && !env))
@@ -207,6 +212,7 @@ void sn_rpc_tick(sn_rpc_t *self)
             s_connect(self);
         return;
     }
+    s_check_monitor(self);
     if (now >= self->broker_deadline) {
         s_reset(self, "broker silent");
         return;
@@ -236,8 +242,7 @@ uint32_t sn_rpc_connects(sn_rpc_t *self)
 }
 
 sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env, size_t len,
-                    int timeout_ms, uint8_t **reply, size_t *reply_len,
-                    sn_nak_reason_t *nak_reason)
+                    int timeout_ms, uint8_t **reply, size_t *reply_len, sn_nak_reason_t *nak_reason)
 {
     if (!reply || !reply_len || timeout_ms <= 0)
         return SN_ERROR;
@@ -249,8 +254,7 @@ sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env, size_t
     uint64_t id = 0;
     sn_rc_t rc;
     /* The socket may be between connections: retry sending until the deadline. */
-    while ((rc = sn_rpc_send(self, service, env, len, (uint32_t)timeout_ms, 1, &id)) ==
-           SN_AGAIN) {
+    while ((rc = sn_rpc_send(self, service, env, len, (uint32_t)timeout_ms, 1, &id)) == SN_AGAIN) {
         int64_t left = deadline - sn_mono_ms();
         if (left <= 0)
             return SN_AGAIN;
@@ -301,15 +305,77 @@ static sn_rc_t s_open(sn_rpc_t *self)
     self->sock = zmq_socket(zsys_init(), ZMQ_DEALER);
     SN_ASSERT(self->sock);
     sn_curve_keys_t keys = {self->server_key, self->public_key, self->secret_key};
-    if (sn_proto_socket_setup(self->sock, self->max_frame_bytes,
-                              self->has_curve ? &keys : NULL) != SN_OK) {
+    if (sn_proto_socket_setup(self->sock, self->max_frame_bytes, self->has_curve ? &keys : NULL) !=
+        SN_OK) {
         zmq_close(self->sock);
         self->sock = NULL;
         return SN_ERROR;
     }
+    /* A broker that dies and restarts within the silence window forgets our requests:
+     * the TCP disconnect tells us at once (the DEALER itself reconnects). */
+    char mon[64];
+    snprintf(mon, sizeof mon, "inproc://sn-rpc-mon-%p-%u", (void *)self, self->connects);
+    if (zmq_socket_monitor(self->sock, mon, ZMQ_EVENT_DISCONNECTED) == 0) {
+        self->monitor = zmq_socket(zsys_init(), ZMQ_PAIR);
+        if (self->monitor && zmq_connect(self->monitor, mon) != 0) {
+            zmq_close(self->monitor);
+            self->monitor = NULL;
+        }
+    }
     self->connects++;
     self->connected = false;
     return SN_OK;
+}
+
+static void s_monitor_close(sn_rpc_t *self)
+{
+    if (self->sock)
+        zmq_socket_monitor(self->sock, NULL, 0);
+    if (self->monitor)
+        zmq_close(self->monitor);
+    self->monitor = NULL;
+}
+
+/* Answers every outstanding request locally with NAK worker-lost. */
+static void s_fail_outstanding(sn_rpc_t *self)
+{
+    for (s_pending_t *p = zhash_first(self->outstanding); p; p = zhash_next(self->outstanding)) {
+        sn_rpc_result_t *r = sn_calloc(1, sizeof *r);
+        r->request_id = p->id;
+        r->attempt = p->attempt;
+        r->is_nak = true;
+        r->reason = SN_NAK_WORKER_LOST;
+        zlistx_add_end(self->results, r);
+    }
+    zhash_destroy(&self->outstanding);
+    self->outstanding = zhash_new();
+}
+
+/* A disconnect from the broker loses whatever it held for us. */
+static void s_check_monitor(sn_rpc_t *self)
+{
+    if (!self->monitor)
+        return;
+    bool is_lost = false;
+    for (;;) {
+        zmq_msg_t frame;
+        zmq_msg_init(&frame);
+        if (zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&frame);
+            break;
+        }
+        if (zmq_msg_size(&frame) == 6) {
+            uint16_t event;
+            memcpy(&event, zmq_msg_data(&frame), sizeof event);
+            is_lost = is_lost || event == ZMQ_EVENT_DISCONNECTED;
+        }
+        zmq_msg_close(&frame);
+    }
+    if (is_lost && zhash_size(self->outstanding) > 0) {
+        sn_warn("rpc", "broker connection closed endpoint=%s: %zu outstanding answered worker-lost",
+                self->endpoint, zhash_size(self->outstanding));
+        s_fail_outstanding(self);
+    }
 }
 
 static void s_connect(sn_rpc_t *self)
@@ -328,21 +394,12 @@ static void s_connect(sn_rpc_t *self)
  * after a jittered backoff. */
 static void s_reset(sn_rpc_t *self, const char *why)
 {
-    sn_warn("rpc", "connection to broker lost (%s), reconnecting endpoint=%s outstanding=%zu",
-            why, self->endpoint, zhash_size(self->outstanding));
+    sn_warn("rpc", "connection to broker lost (%s), reconnecting endpoint=%s outstanding=%zu", why,
+            self->endpoint, zhash_size(self->outstanding));
+    s_monitor_close(self);
     zmq_close(self->sock);
     self->sock = NULL;
-    for (s_pending_t *p = zhash_first(self->outstanding); p;
-         p = zhash_next(self->outstanding)) {
-        sn_rpc_result_t *r = sn_calloc(1, sizeof *r);
-        r->request_id = p->id;
-        r->attempt = p->attempt;
-        r->is_nak = true;
-        r->reason = SN_NAK_WORKER_LOST;
-        zlistx_add_end(self->results, r);
-    }
-    zhash_destroy(&self->outstanding);
-    self->outstanding = zhash_new();
+    s_fail_outstanding(self);
     /* s_open cannot fail here: the same options worked for the first socket. */
     sn_rc_t rc = s_open(self);
     SN_ASSERT(rc == SN_OK);

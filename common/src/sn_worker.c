@@ -224,8 +224,7 @@ sn_rc_t sn_worker_reply(sn_worker_t *self, const sn_worker_ticket_t *ticket, con
     return s_answer(self, ticket, &m);
 }
 
-sn_rc_t sn_worker_nak(sn_worker_t *self, const sn_worker_ticket_t *ticket,
-                      sn_nak_reason_t reason)
+sn_rc_t sn_worker_nak(sn_worker_t *self, const sn_worker_ticket_t *ticket, sn_nak_reason_t reason)
 {
     if (reason < 1 || reason > SN_NAK_REASON_MAX)
         return SN_ERROR;
@@ -330,9 +329,8 @@ static void s_send_ready(sn_worker_t *self)
         return;
     sn_proto_msg_t m = {.cmd = SN_PROTO_READY, .entry_count = self->service_count};
     for (size_t i = 0; i < self->service_count; i++) {
-        m.entries[i].service =
-            (sn_proto_bytes_t){(const uint8_t *)self->services[i].name,
-                               strlen(self->services[i].name)};
+        m.entries[i].service = (sn_proto_bytes_t){(const uint8_t *)self->services[i].name,
+                                                  strlen(self->services[i].name)};
         m.entries[i].credit = (uint16_t)self->services[i].credit;
     }
     if (sn_proto_send(self->sock, NULL, 0, &m, SN_PROTO_UP) != SN_OK)

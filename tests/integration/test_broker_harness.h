@@ -99,8 +99,8 @@ static SN_UNUSED void *tw_main(void *arg)
 }
 
 static SN_UNUSED void tw_start_curve(tw_t *tw, const char *name, const char *endpoint,
-                           const char *service, uint32_t credit, int heartbeat_ms, bool hold,
-                           const sn_curve_keys_t *curve)
+                                     const char *service, uint32_t credit, int heartbeat_ms,
+                                     bool hold, const sn_curve_keys_t *curve)
 {
     memset(tw, 0, sizeof *tw);
     tw->curve = curve;
@@ -113,8 +113,8 @@ static SN_UNUSED void tw_start_curve(tw_t *tw, const char *name, const char *end
     SN_ASSERT(pthread_create(&tw->thread, NULL, tw_main, tw) == 0);
 }
 
-static SN_UNUSED void tw_start(tw_t *tw, const char *name, const char *endpoint, const char *service,
-                     uint32_t credit, int heartbeat_ms, bool hold)
+static SN_UNUSED void tw_start(tw_t *tw, const char *name, const char *endpoint,
+                               const char *service, uint32_t credit, int heartbeat_ms, bool hold)
 {
     tw_start_curve(tw, name, endpoint, service, credit, heartbeat_ms, hold, NULL);
 }
@@ -220,8 +220,8 @@ static SN_UNUSED bool rpc_wait_result(sn_rpc_t *rpc, sn_rpc_result_t *out, int t
 
 /* Calls @service with a string body; returns the reply as a string (caller frees) or NULL,
  * with *nak set on a NAK. */
-static SN_UNUSED char *rpc_call_str(sn_rpc_t *rpc, const char *service, const char *body, int timeout_ms,
-                          sn_nak_reason_t *nak)
+static SN_UNUSED char *rpc_call_str(sn_rpc_t *rpc, const char *service, const char *body,
+                                    int timeout_ms, sn_nak_reason_t *nak)
 {
     uint8_t *reply = NULL;
     size_t len = 0;

@@ -97,10 +97,38 @@ static void test_mesh_broker_restart_agents_reconnect(void **state)
                      SN_OK);
     sn_envelope_free(&reply);
 
+    /* A request held when the broker dies is answered worker-lost by the client library
+     * at once, even though a new broker is up before any heartbeat goes missing. */
+    sn_envelope_t env;
+    char id[SN_ID_LEN + 1];
+    sn_envelope_stamp(&env, &m.source, "test.call", id);
+    Sentinel__V1__Note note = SENTINEL__V1__NOTE__INIT;
+    note.text = "hold:5000";
+    env.body_case = SENTINEL__V1__ENVELOPE__BODY_NOTE;
+    env.note = &note;
+    size_t len;
+    uint8_t *bytes = sn_envelope_pack(&env, &len);
+    uint64_t rid = 0;
+    assert_int_equal(sn_rpc_send(m.client, "test.echo", bytes, len, 30000, 1, &rid), SN_OK);
+    free(bytes);
+    assert_true(sn_mesh_wait_log(&m, "echo1", "holding ms=5000", 5000));
+
     kill(m.broker, SIGKILL);
     assert_true(sn_test_stop(m.broker, SIGKILL, 2000) >= 0);
     assert_true(sn_mesh_broker_start(&m));
     int64_t restarted = sn_mono_ms();
+    sn_rpc_result_t res = {0};
+    bool got = false;
+    while (!got && sn_mono_ms() - restarted < 3000) {
+        zmq_pollitem_t item = {.socket = sn_rpc_socket(m.client), .events = ZMQ_POLLIN};
+        zmq_poll(&item, 1, 20);
+        got = sn_rpc_recv(m.client, &res) == SN_OK;
+    }
+    assert_true(got);
+    assert_int_equal(res.request_id, rid);
+    assert_true(res.is_nak);
+    assert_int_equal(res.reason, SN_NAK_WORKER_LOST);
+    sn_rpc_result_fini(&res);
     /* Every agent re-registers by itself within 10 s (RELIABILITY: broker restart). */
     assert_true(sn_mesh_wait_service(&m, "test.echo", 1, 10000));
     assert_true(sn_mesh_wait_service(&m, "test.slow", 1, 10000));

@@ -168,18 +168,22 @@ static void test_sn_proto_malformed_ready(void **state)
     sn_proto_bytes_t f[SN_PROTO_MAX_SERVICES + 2] = {{0}};
     f[0] = B("SNP\x01\x01");
     s_refused(f, 1, SN_PROTO_UP, "too-few-frames");
-    f[1] = B("\x00\x01" "echo");
+    f[1] = B("\x00\x01"
+             "echo");
     s_refused(f, 2, SN_PROTO_DOWN, "wrong-direction");
-    f[1] = B("\x03\xe9" "echo"); /* 1001 */
+    f[1] = B("\x03\xe9"
+             "echo"); /* 1001 */
     s_refused(f, 2, SN_PROTO_UP, "bad-credit");
     f[1] = B("\x00\x01");
     s_refused(f, 2, SN_PROTO_UP, "bad-name");
-    f[1] = B("\x00\x01" "ec ho");
+    f[1] = B("\x00\x01"
+             "ec ho");
     s_refused(f, 2, SN_PROTO_UP, "bad-name");
     f[1] = B("\x00");
     s_refused(f, 2, SN_PROTO_UP, "bad-name");
     for (size_t i = 1; i <= SN_PROTO_MAX_SERVICES + 1; i++)
-        f[i] = B("\x00\x01" "echo");
+        f[i] = B("\x00\x01"
+                 "echo");
     s_refused(f, SN_PROTO_MAX_SERVICES + 2, SN_PROTO_UP, "too-many-frames");
     sn_proto_msg_t m;
     const char *why = NULL;
@@ -342,8 +346,8 @@ static void test_sn_proto_send_over_inproc(void **state)
     memcpy(zmq_msg_data(&body), "abc", 3);
     sn_proto_msg_t r = {.cmd = SN_PROTO_REPLY, .request_id = 42, .attempt = 1};
     r.envelope = (sn_proto_bytes_t){zmq_msg_data(&body), 3};
-    assert_int_equal(sn_proto_send_zmsg(router, zmq_msg_data(&frames[0]),
-                                        zmq_msg_size(&frames[0]), &r, SN_PROTO_DOWN, &body),
+    assert_int_equal(sn_proto_send_zmsg(router, zmq_msg_data(&frames[0]), zmq_msg_size(&frames[0]),
+                                        &r, SN_PROTO_DOWN, &body),
                      SN_OK);
     zmq_msg_close(&body);
     for (size_t i = 0; i < n; i++)

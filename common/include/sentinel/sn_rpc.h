@@ -23,7 +23,10 @@ typedef struct {
     size_t body_len;
 } sn_rpc_result_t;
 
-/* Connects to @endpoint; @curve (borrowed, copied) NULL for no CURVE. Returns NULL (logged)
+/* The socket lives in czmq's shared context (zsys_init): destroy the object before the
+ * process exits, or zsys_shutdown waits for the socket. Call zsys_init() on the main
+ * thread before creating one on another thread (czmq's lazy init is not thread-safe).
+ * Connects to @endpoint; @curve (borrowed, copied) NULL for no CURVE. Returns NULL (logged)
  * if the socket cannot be set up. */
 sn_rpc_t *sn_rpc_new(const char *endpoint, const sn_curve_keys_t *curve);
 /* Closes the socket and frees; NULL-safe; nulls *self_p. Outstanding requests are
@@ -39,9 +42,8 @@ void sn_rpc_set_max_frame(sn_rpc_t *self, int64_t max_frame_bytes);
  * deadline (0 = broker default) and @attempt (1 for a first try). Writes the new request id
  * into *request_id. SN_OK; SN_ERROR for a bad service name or deadline; SN_AGAIN if the
  * socket cannot take it now. */
-SN_NODISCARD sn_rc_t sn_rpc_send(sn_rpc_t *self, const char *service, const void *env,
-                                 size_t len, uint32_t deadline_ms, uint32_t attempt,
-                                 uint64_t *request_id);
+SN_NODISCARD sn_rc_t sn_rpc_send(sn_rpc_t *self, const char *service, const void *env, size_t len,
+                                 uint32_t deadline_ms, uint32_t attempt, uint64_t *request_id);
 /* The same with a request id of the caller's choosing (not 0), e.g. to re-send a request
  * with attempt + 1 after it was answered or cancelled. */
 SN_NODISCARD sn_rc_t sn_rpc_send_id(sn_rpc_t *self, uint64_t request_id, const char *service,
@@ -79,8 +81,8 @@ uint32_t sn_rpc_connects(sn_rpc_t *self);
  * SN_DECLINED with *nak_reason on a NAK; SN_AGAIN on timeout (the request is cancelled);
  * SN_ERROR on bad arguments. Results of other requests that arrive meanwhile are kept for
  * sn_rpc_recv. */
-SN_NODISCARD sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env,
-                                 size_t len, int timeout_ms, uint8_t **reply, size_t *reply_len,
+SN_NODISCARD sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env, size_t len,
+                                 int timeout_ms, uint8_t **reply, size_t *reply_len,
                                  sn_nak_reason_t *nak_reason);
 
 #endif

@@ -37,7 +37,10 @@ typedef struct {
     size_t body_len;
 } sn_worker_event_t;
 
-/* Connects to @endpoint; @curve (borrowed, copied) NULL for no CURVE. NULL (logged) if the
+/* The socket lives in czmq's shared context (zsys_init): destroy the object before the
+ * process exits, or zsys_shutdown waits for the socket. Call zsys_init() on the main
+ * thread before creating one on another thread (czmq's lazy init is not thread-safe).
+ * Connects to @endpoint; @curve (borrowed, copied) NULL for no CURVE. NULL (logged) if the
  * socket cannot be set up. Serves nothing until sn_worker_serve. */
 sn_worker_t *sn_worker_new(const char *endpoint, const sn_curve_keys_t *curve);
 /* Sends DISCONNECT (best effort), closes and frees; NULL-safe; nulls *self_p. */
