@@ -192,7 +192,11 @@ int sn_agent_main(int argc, char **argv, const sn_role_t *const *roles)
         free(ctx);
         return 1;
     }
-    gethostname(ctx->host, sizeof ctx->host - 1);
+    const char *host_env = getenv("SENTINEL_HOST");
+    if (host_env && *host_env)
+        sn_strlcpy(ctx->host, host_env, sizeof ctx->host);
+    else
+        gethostname(ctx->host, sizeof ctx->host - 1);
     ctx->instance = instance ? sn_strdup(instance) : sn_strdupf("%s-%d", ctx->host, (int)getpid());
     sn_log_init(role->name, ctx->instance);
     sn_log_level_t level;
@@ -227,6 +231,11 @@ const sn_config_t *sn_ctx_config(sn_ctx_t *ctx)
 const char *sn_ctx_role(sn_ctx_t *ctx)
 {
     return ctx->role->name;
+}
+
+const char *sn_ctx_host(sn_ctx_t *ctx)
+{
+    return ctx->host;
 }
 
 const char *sn_ctx_instance(sn_ctx_t *ctx)
@@ -946,6 +955,17 @@ static void s_timers(sn_ctx_t *ctx, int64_t now)
     }
 }
 
+/* "deploy.local.{host}" -> "deploy.local.<this host>". */
+static void s_expand_service(sn_ctx_t *ctx, const char *pattern, char *out, size_t len)
+{
+    const char *mark = strstr(pattern, "{host}");
+    if (!mark) {
+        sn_strlcpy(out, pattern, len);
+        return;
+    }
+    snprintf(out, len, "%.*s%s%s", (int)(mark - pattern), pattern, ctx->host, mark + 6);
+}
+
 static void s_set_serving(sn_ctx_t *ctx, bool is_serving)
 {
     if (!ctx->worker)
@@ -953,10 +973,12 @@ static void s_set_serving(sn_ctx_t *ctx, bool is_serving)
     int credit = ctx->role->credit > 0 ? ctx->role->credit : 1;
     if (credit > SN_AGENT_MAX_CREDIT)
         credit = SN_AGENT_MAX_CREDIT;
-    for (size_t i = 0; ctx->role->services[i]; i++)
-        if (sn_worker_serve(ctx->worker, ctx->role->services[i],
-                            is_serving ? (uint32_t)credit : 0) != SN_OK)
-            sn_error("agent", "cannot serve service=%s", ctx->role->services[i]);
+    for (size_t i = 0; ctx->role->services[i]; i++) {
+        char name[SN_PROTO_MAX_NAME + 1];
+        s_expand_service(ctx, ctx->role->services[i], name, sizeof name);
+        if (sn_worker_serve(ctx->worker, name, is_serving ? (uint32_t)credit : 0) != SN_OK)
+            sn_error("agent", "cannot serve service=%s", name);
+    }
 }
 
 static void s_leader_tick(sn_ctx_t *ctx)

@@ -32,7 +32,7 @@ typedef struct sn_role {
     const char *name;    /* "cloudflare-deployer" */
     const char *agent;   /* "BuildPilot" */
     const char *summary; /* one line for --list-roles */
-    const char *const *services;      /* NULL-terminated services it serves */
+    const char *const *services;      /* NULL-terminated; "{host}" expands to sn_ctx_host */
     const char *const *subscriptions; /* NULL-terminated bus topic prefixes */
     sn_leadership_t leadership;
     int credit;  /* concurrent requests per service = job threads; default 1 */
@@ -64,6 +64,9 @@ int sn_agent_main(int argc, char **argv, const sn_role_t *const *roles);
 const sn_config_t *sn_ctx_config(sn_ctx_t *ctx);
 const char *sn_ctx_role(sn_ctx_t *ctx);
 const char *sn_ctx_instance(sn_ctx_t *ctx);
+/* This process's host name: $SENTINEL_HOST, else gethostname(). Expands "{host}" in
+ * service names. */
+const char *sn_ctx_host(sn_ctx_t *ctx);
 sn_source_t *sn_ctx_source(sn_ctx_t *ctx);     /* any thread */
 sn_redis_t *sn_ctx_redis(sn_ctx_t *ctx);       /* any thread */
 sn_ledger_t *sn_ctx_ledger(sn_ctx_t *ctx);     /* any thread */

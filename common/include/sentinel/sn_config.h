@@ -60,6 +60,107 @@ typedef struct {
     int64_t journal_max_age_s;  /* events stream cap by age, default 30 days */
 } sn_runtime_config_t;
 
+/* ---- the pipeline (issue 3): projects, environments, targets, notification, API ---- */
+
+/* HTTP verification of a release (deployment-watcher). */
+typedef struct {
+    char *path;                 /* default "/" */
+    int status;                 /* expected status, default 200 */
+    char *body_contains;        /* optional */
+    int max_latency_ms;         /* default 2000 */
+    int consecutive;            /* successes in a row, default 3 */
+    int interval_ms;            /* default 500 */
+    int deadline_ms;            /* default 30000 */
+    char *dns_name;             /* optional DNS check through c-ares */
+    char *dns_expect;           /* expected A/AAAA address */
+    char **dns_resolvers;       /* "127.0.0.1:53"; NULL-terminated, empty = system */
+} sn_check_config_t;
+
+/* A deploy target. type "local_static": nginx serves <state_dir>/sites/<name>/current on
+ * listen and the staged release on preview_listen. type "local_command": the user's
+ * commands (run with SENTINEL_RELEASE_DIR, SENTINEL_DEPLOY_ID, SENTINEL_COMMIT,
+ * SENTINEL_ENVIRONMENT in their environment). */
+typedef struct {
+    char *name;
+    char *type;                 /* local_static | local_command (cloud types come later) */
+    char *host;                 /* the host whose local-deployer serves it; default: this host */
+    char *listen;               /* local_static: "127.0.0.1:8080" */
+    char *preview_listen;       /* local_static: "127.0.0.1:8081" */
+    char *url;                  /* live URL for checks; default http://<listen> */
+    char *preview_url;          /* default http://<preview_listen> */
+    int keep_releases;          /* default 5 */
+    char *stage_command;        /* local_command */
+    char *promote_command;
+    char *health_command;
+    char *rollback_command;
+    int command_timeout_ms;     /* default 120000 */
+    sn_check_config_t check;
+} sn_target_config_t;
+
+typedef struct {
+    bool required;              /* default false */
+    char **approvers;           /* principals or token names; empty = any operator */
+    int expiry_s;               /* 0 = never */
+} sn_approval_config_t;
+
+typedef struct {
+    char *name;                 /* "staging" */
+    char *branch;               /* "staging" */
+    sn_approval_config_t approval;
+    char *strategy;             /* blue-green (default) | canary | rolling */
+    bool supersede;             /* a newer run supersedes older queued ones; default true */
+    bool require_signed;        /* gate 1: git verify-commit */
+    char *promote_from;         /* environment whose verified artifact is promoted (e.g. "staging") */
+    char **targets;             /* target names; NULL-terminated */
+    int step_timeout_s;         /* default deadline per step, default 600 */
+    int approval_timeout_s;     /* how long a run waits for approval, default 86400 */
+} sn_environment_config_t;
+
+typedef struct {
+    char *name;
+    char *source_type;          /* "local" (GitHub comes later) */
+    char *repo;                 /* local: path of the git repository */
+    int poll_interval_ms;       /* ref polling, default 5000; 0 = only notify push */
+    char **build_steps;         /* shell commands run in the checkout; NULL-terminated */
+    char *build_output;         /* directory (relative to the checkout) that is the artifact */
+    int build_timeout_s;        /* default 600 */
+    char *build_user;           /* unprivileged user for build steps, default "nobody" */
+    char **build_env;           /* "NAME=value" declared variables; NULL-terminated */
+    char **build_secrets;       /* secret names made available as env; NULL-terminated */
+    int64_t build_memory_mb;    /* RLIMIT_AS, default 2048 */
+    int64_t build_max_procs;    /* RLIMIT_NPROC, default 256 */
+    sn_environment_config_t *environments;
+    size_t environment_count;
+} sn_project_config_t;
+
+/* A notification channel (this issue: log, file, webhook). */
+typedef struct {
+    char *name;
+    char *type;                 /* log | file | webhook */
+    char *path;                 /* file: JSON lines */
+    char *url;                  /* webhook */
+    char *secret;               /* webhook HMAC key, usually ${env:...} or ${secret:...} */
+    char *min_severity;         /* info | warning | critical, default info */
+    int timeout_ms;             /* default 5000 */
+    int max_attempts;           /* default 5 */
+} sn_channel_config_t;
+
+/* An API token: stored hashed (sha256 hex), with a role. */
+typedef struct {
+    char *name;
+    char *sha256;               /* hex digest of the token */
+    char *role;                 /* viewer | operator | admin */
+} sn_token_config_t;
+
+typedef struct {
+    char *listen;               /* default 127.0.0.1:8700 */
+    sn_token_config_t *tokens;
+    size_t token_count;
+    int max_sse;                /* default 64 */
+    int max_connections;        /* default 256 */
+    int64_t max_body_bytes;     /* default 1 MiB */
+} sn_gateway_config_t;
+
 typedef struct {
     char *path;                 /* the file it was read from */
     char *namespace_;           /* key prefix, default "sentinel:" */
@@ -70,8 +171,24 @@ typedef struct {
     sn_runtime_config_t runtime;
     sn_process_config_t *processes;
     size_t process_count;
+    sn_project_config_t *projects;
+    size_t project_count;
+    sn_target_config_t *targets;
+    size_t target_count;
+    sn_channel_config_t *channels;
+    size_t channel_count;
+    sn_gateway_config_t gateway;
+    char *artifact_dir;         /* default <state_dir>/artifacts */
+    char *audit_archive;        /* default <state_dir>/audit.log */
+    char *audit_key_file;       /* head-signing key, default <state_dir>/audit.key */
     char hash[65];              /* sha256 hex of the file's bytes (agent registration) */
 } sn_config_t;
+
+/* Lookups (borrowed results, NULL if absent). */
+const sn_project_config_t *sn_config_project(const sn_config_t *cfg, const char *name);
+const sn_environment_config_t *sn_config_environment(const sn_project_config_t *project,
+                                                     const char *name);
+const sn_target_config_t *sn_config_target(const sn_config_t *cfg, const char *name);
 
 /* Reads and validates @path into @cfg (caller's storage, zeroed by the call). On error
  * returns SN_ERROR, leaves @cfg zeroed (nothing to free) and writes
