@@ -300,13 +300,12 @@ static bool s_variant(void *ctx, const s_target_t *broker, const s_target_t *pro
             b[r] = s_measure(ctx, broker, nsubs, count);
         }
         if (b[r] <= 0 || p[r] <= 0) {
-            bench_note("relay: run %d of %dsub%s lost messages: cannot measure", r, nsubs,
-                       suffix);
+            bench_note("relay: run %d of %dsub%s lost messages: cannot measure", r, nsubs, suffix);
             return false;
         }
         ratio[r] = b[r] / p[r];
-        bench_note("relay %dsub%s rep %d: broker %.0f/s proxy %.0f/s ratio %.3f", nsubs, suffix,
-                   r, b[r], p[r], ratio[r]);
+        bench_note("relay %dsub%s rep %d: broker %.0f/s proxy %.0f/s ratio %.3f", nsubs, suffix, r,
+                   b[r], p[r], ratio[r]);
     }
     char name[96];
     snprintf(name, sizeof name, "relay_broker_%dsub%s", nsubs, suffix);
@@ -369,7 +368,7 @@ int bench_relay(void)
                              broker_server_endpoint(broker, "sub"), curve ? &keys : NULL};
             s_target_t tp = {proxy->pub_ep, proxy->sub_ep, curve ? &keys : NULL};
             const char *suffix = curve ? "_curve" : "";
-            uint64_t n1 = curve ? 60000 : 200000, n4 = curve ? 30000 : 100000;
+            uint64_t n1 = curve ? 120000 : 400000, n4 = curve ? 60000 : 200000;
             ok = s_variant(ctx, &tb, &tp, 1, n1, suffix, !curve) &&
                  s_variant(ctx, &tb, &tp, 4, n4, suffix, !curve);
             broker_stats_t st;
