@@ -108,5 +108,15 @@ int ctl_cmd_status(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_events(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_call(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_jobs(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_runs(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_run(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_history(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_deploy(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_approve(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_cancel(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_rollback(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_freeze(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_unfreeze(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_notify(ctl_opts_t *opts, int argc, char **argv);
 
 #endif

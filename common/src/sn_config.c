@@ -2,7 +2,11 @@
  * scalars, mappings and sequences that keeps every node's line and column; the tree is
  * then walked against a declarative schema table (one row per key: type, range, default,
  * offset into the config struct), so every error names file:line:column and the key path.
- * The same table drives defaults and sn_config_fini, so a new section is new rows. */
+ * The same table drives defaults and sn_config_fini, so a new section is new rows.
+ * Checks that span keys (unique names, environment -> target references, promote_from,
+ * per-type requirements of targets and channels, listen clashes) run in s_finish once
+ * every row has its value; they point at the offending node and never print a value that
+ * came from ${env:...} (channel secrets). */
 #include "sentinel/sn_config.h"
 
 #include <ctype.h>
@@ -128,6 +132,16 @@ static sn_rc_t s_redis_scalar(s_ctx_t *ctx, const s_node_t *node, void *base, co
     {                                                                                              \
         .key = (k), .kind = S_ENUM, .offset = offsetof(T, m), .choices = (ch), .def = (d)          \
     }
+#define S_ROW_ENUM_REQ(T, m, k, ch)                                                                \
+    {                                                                                              \
+        .key = (k), .kind = S_ENUM, .offset = offsetof(T, m), .choices = (ch), .required = true    \
+    }
+/* A required `name` restricted to what is safe in a file name and a Redis key. */
+#define S_ROW_NAME(T)                                                                              \
+    {                                                                                              \
+        .key = "name", .kind = S_STR, .offset = offsetof(T, name), .required = true,               \
+        .check = s_check_name                                                                      \
+    }
 #define S_ROW_LIST(T, m, k, fn, raw)                                                               \
     {                                                                                              \
         .key = (k), .kind = S_STRLIST, .offset = offsetof(T, m), .check = (fn), .is_raw = (raw)    \
@@ -214,6 +228,140 @@ static const s_field_t s_process_rows[] = {
 };
 static const s_section_t s_process_section = S_SECTION(sn_process_config_t, s_process_rows, NULL);
 
+/* ---- the pipeline (issue 3) ---------------------------------------------------------- */
+
+static const char *s_check_name(const char *value);
+static const char *s_check_hostport(const char *value);
+static const char *s_check_http_url(const char *value);
+static const char *s_check_env_assignment(const char *value);
+static const char *s_check_env_name(const char *value);
+static const char *s_check_relative_path(const char *value);
+static const char *s_check_sha256(const char *value);
+static const char *s_check_url_path(const char *value);
+
+static const s_field_t s_check_rows[] = {
+    S_ROW_CHECKED(sn_check_config_t, path, "path", "/", s_check_url_path, false),
+    S_ROW_INT(sn_check_config_t, status, "status", 100, 599, "200"),
+    S_ROW_STR(sn_check_config_t, body_contains, "body_contains", NULL, false),
+    S_ROW_DUR(sn_check_config_t, max_latency_ms, "max_latency_ms", 1, 1, 600000, "2000"),
+    S_ROW_INT(sn_check_config_t, consecutive, "consecutive", 1, 100, "3"),
+    S_ROW_DUR(sn_check_config_t, interval_ms, "interval_ms", 1, 10, 600000, "500"),
+    S_ROW_DUR(sn_check_config_t, deadline_ms, "deadline_ms", 1, 100, S_DAY_MS, "30000"),
+    S_ROW_STR(sn_check_config_t, dns_name, "dns_name", NULL, false),
+    S_ROW_STR(sn_check_config_t, dns_expect, "dns_expect", NULL, false),
+    S_ROW_LIST(sn_check_config_t, dns_resolvers, "dns_resolvers", s_check_hostport, false),
+};
+static const s_section_t s_check_section = S_SECTION(sn_check_config_t, s_check_rows, NULL);
+
+static const char *const s_target_types[] = {"local_static", "local_command", NULL};
+
+static const s_field_t s_target_rows[] = {
+    S_ROW_NAME(sn_target_config_t),
+    S_ROW_ENUM_REQ(sn_target_config_t, type, "type", s_target_types),
+    S_ROW_STR(sn_target_config_t, host, "host", NULL, false),
+    S_ROW_CHECKED(sn_target_config_t, listen, "listen", NULL, s_check_hostport, false),
+    S_ROW_CHECKED(sn_target_config_t, preview_listen, "preview_listen", NULL, s_check_hostport,
+                  false),
+    S_ROW_CHECKED(sn_target_config_t, url, "url", NULL, s_check_http_url, false),
+    S_ROW_CHECKED(sn_target_config_t, preview_url, "preview_url", NULL, s_check_http_url, false),
+    S_ROW_INT(sn_target_config_t, keep_releases, "keep_releases", 1, 1000, "5"),
+    S_ROW_STR(sn_target_config_t, stage_command, "stage_command", NULL, false),
+    S_ROW_STR(sn_target_config_t, promote_command, "promote_command", NULL, false),
+    S_ROW_STR(sn_target_config_t, health_command, "health_command", NULL, false),
+    S_ROW_STR(sn_target_config_t, rollback_command, "rollback_command", NULL, false),
+    S_ROW_DUR(sn_target_config_t, command_timeout_ms, "command_timeout_ms", 1, 100, S_DAY_MS,
+              "120000"),
+    S_ROW_MAP(sn_target_config_t, check, "check", &s_check_section),
+};
+static const s_section_t s_target_section = S_SECTION(sn_target_config_t, s_target_rows, NULL);
+
+static const s_field_t s_approval_rows[] = {
+    S_ROW_BOOL(sn_approval_config_t, required, "required", "false"),
+    S_ROW_LIST(sn_approval_config_t, approvers, "approvers", NULL, false),
+    S_ROW_DUR(sn_approval_config_t, expiry_s, "expiry_s", 1000, 0, 365 * 86400, "0"),
+};
+static const s_section_t s_approval_section =
+    S_SECTION(sn_approval_config_t, s_approval_rows, NULL);
+
+static const char *const s_strategies[] = {"blue-green", "canary", "rolling", NULL};
+
+static const s_field_t s_environment_rows[] = {
+    S_ROW_NAME(sn_environment_config_t),
+    S_ROW_STR(sn_environment_config_t, branch, "branch", NULL, true),
+    S_ROW_MAP(sn_environment_config_t, approval, "approval", &s_approval_section),
+    S_ROW_ENUM(sn_environment_config_t, strategy, "strategy", s_strategies, "blue-green"),
+    S_ROW_BOOL(sn_environment_config_t, supersede, "supersede", "true"),
+    S_ROW_BOOL(sn_environment_config_t, require_signed, "require_signed", "false"),
+    S_ROW_STR(sn_environment_config_t, promote_from, "promote_from", NULL, false),
+    S_ROW_LIST(sn_environment_config_t, targets, "targets", NULL, false),
+    S_ROW_DUR(sn_environment_config_t, step_timeout_s, "step_timeout_s", 1000, 1, 7 * 86400, "600"),
+    S_ROW_DUR(sn_environment_config_t, approval_timeout_s, "approval_timeout_s", 1000, 1,
+              30 * 86400, "86400"),
+};
+static const s_section_t s_environment_section =
+    S_SECTION(sn_environment_config_t, s_environment_rows, NULL);
+
+static const char *const s_source_types[] = {"local", NULL};
+
+static const s_field_t s_project_rows[] = {
+    S_ROW_NAME(sn_project_config_t),
+    S_ROW_ENUM(sn_project_config_t, source_type, "source_type", s_source_types, "local"),
+    S_ROW_STR(sn_project_config_t, repo, "repo", NULL, false),
+    S_ROW_DUR(sn_project_config_t, poll_interval_ms, "poll_interval_ms", 1, 0, S_DAY_MS, "5000"),
+    S_ROW_LIST(sn_project_config_t, build_steps, "build_steps", NULL, false),
+    S_ROW_CHECKED(sn_project_config_t, build_output, "build_output", ".", s_check_relative_path,
+                  false),
+    S_ROW_DUR(sn_project_config_t, build_timeout_s, "build_timeout_s", 1000, 1, 86400, "600"),
+    S_ROW_CHECKED(sn_project_config_t, build_user, "build_user", "nobody", s_check_name, false),
+    S_ROW_LIST(sn_project_config_t, build_env, "build_env", s_check_env_assignment, false),
+    S_ROW_LIST(sn_project_config_t, build_secrets, "build_secrets", s_check_env_name, true),
+    S_ROW_INT(sn_project_config_t, build_memory_mb, "build_memory_mb", 16, INT64_C(1) << 30,
+              "2048"),
+    S_ROW_INT(sn_project_config_t, build_max_procs, "build_max_procs", 1, 1000000, "256"),
+    S_ROW_SEQ(sn_project_config_t, environments, environment_count, "environments",
+              &s_environment_section),
+};
+static const s_section_t s_project_section = S_SECTION(sn_project_config_t, s_project_rows, NULL);
+
+static const char *const s_channel_types[] = {"log", "file", "webhook", NULL};
+static const char *const s_severities[] = {"info", "warning", "critical", NULL};
+
+static const s_field_t s_channel_rows[] = {
+    S_ROW_NAME(sn_channel_config_t),
+    S_ROW_ENUM_REQ(sn_channel_config_t, type, "type", s_channel_types),
+    S_ROW_STR(sn_channel_config_t, path, "path", NULL, false),
+    S_ROW_CHECKED(sn_channel_config_t, url, "url", NULL, s_check_http_url, false),
+    S_ROW_STR(sn_channel_config_t, secret, "secret", NULL, false),
+    S_ROW_ENUM(sn_channel_config_t, min_severity, "min_severity", s_severities, "info"),
+    S_ROW_DUR(sn_channel_config_t, timeout_ms, "timeout_ms", 1, 100, 600000, "5000"),
+    S_ROW_INT(sn_channel_config_t, max_attempts, "max_attempts", 1, 100, "5"),
+};
+static const s_section_t s_channel_section = S_SECTION(sn_channel_config_t, s_channel_rows, NULL);
+
+static const char *const s_token_roles[] = {"viewer", "operator", "admin", NULL};
+
+static const s_field_t s_token_rows[] = {
+    S_ROW_NAME(sn_token_config_t),
+    {.key = "sha256",
+     .kind = S_STR,
+     .offset = offsetof(sn_token_config_t, sha256),
+     .required = true,
+     .is_raw = true,
+     .check = s_check_sha256},
+    S_ROW_ENUM_REQ(sn_token_config_t, role, "role", s_token_roles),
+};
+static const s_section_t s_token_section = S_SECTION(sn_token_config_t, s_token_rows, NULL);
+
+static const s_field_t s_gateway_rows[] = {
+    S_ROW_CHECKED(sn_gateway_config_t, listen, "listen", "127.0.0.1:8700", s_check_hostport, false),
+    S_ROW_SEQ(sn_gateway_config_t, tokens, token_count, "tokens", &s_token_section),
+    S_ROW_INT(sn_gateway_config_t, max_sse, "max_sse", 1, 100000, "64"),
+    S_ROW_INT(sn_gateway_config_t, max_connections, "max_connections", 1, 100000, "256"),
+    S_ROW_INT(sn_gateway_config_t, max_body_bytes, "max_body_bytes", 1024, INT64_C(1) << 30,
+              "1048576"),
+};
+static const s_section_t s_gateway_section = S_SECTION(sn_gateway_config_t, s_gateway_rows, NULL);
+
 static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "off", NULL};
 
 static const s_field_t s_top_rows[] = {
@@ -224,6 +372,14 @@ static const s_field_t s_top_rows[] = {
     S_ROW_MAP(sn_config_t, redis, "redis", &s_redis_section),
     S_ROW_MAP(sn_config_t, runtime, "runtime", &s_runtime_section),
     S_ROW_SEQ(sn_config_t, processes, process_count, "processes", &s_process_section),
+    S_ROW_SEQ(sn_config_t, projects, project_count, "projects", &s_project_section),
+    S_ROW_SEQ(sn_config_t, targets, target_count, "targets", &s_target_section),
+    S_ROW_SEQ(sn_config_t, channels, channel_count, "channels", &s_channel_section),
+    S_ROW_MAP(sn_config_t, gateway, "gateway", &s_gateway_section),
+    /* defaults under state_dir, filled in by s_finish */
+    S_ROW_STR(sn_config_t, artifact_dir, "artifact_dir", NULL, false),
+    S_ROW_STR(sn_config_t, audit_archive, "audit_archive", NULL, false),
+    S_ROW_STR(sn_config_t, audit_key_file, "audit_key_file", NULL, false),
 };
 static const s_section_t s_top_section = S_SECTION(sn_config_t, s_top_rows, NULL);
 
@@ -324,6 +480,31 @@ void sn_config_fini(sn_config_t *cfg)
     free(cfg->path);
     s_free_section(&s_top_section, cfg);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+const sn_project_config_t *sn_config_project(const sn_config_t *cfg, const char *name)
+{
+    for (size_t i = 0; cfg && name && i < cfg->project_count; i++)
+        if (strcmp(cfg->projects[i].name, name) == 0)
+            return &cfg->projects[i];
+    return NULL;
+}
+
+const sn_environment_config_t *sn_config_environment(const sn_project_config_t *project,
+                                                     const char *name)
+{
+    for (size_t i = 0; project && name && i < project->environment_count; i++)
+        if (strcmp(project->environments[i].name, name) == 0)
+            return &project->environments[i];
+    return NULL;
+}
+
+const sn_target_config_t *sn_config_target(const sn_config_t *cfg, const char *name)
+{
+    for (size_t i = 0; cfg && name && i < cfg->target_count; i++)
+        if (strcmp(cfg->targets[i].name, name) == 0)
+            return &cfg->targets[i];
+    return NULL;
 }
 
 /* ---- errors --------------------------------------------------------------------------- */
@@ -1111,6 +1292,114 @@ static const char *s_check_z85(const char *v)
     return NULL;
 }
 
+/* A name used in file names (sites/<target>) and Redis keys: no '/', no leading '.'. */
+static const char *s_check_name(const char *v)
+{
+    size_t n = strlen(v);
+    bool ok = n >= 1 && n <= 64 && isalnum((unsigned char)v[0]);
+    for (size_t i = 1; ok && i < n; i++)
+        ok = isalnum((unsigned char)v[i]) || v[i] == '.' || v[i] == '_' || v[i] == '-';
+    return ok ? NULL
+              : "expected a name of 1 to 64 letters, digits, '.', '_' or '-' starting with a "
+                "letter or digit";
+}
+
+/* "host:port" or "[v6]:port", port 1..65535. */
+static const char *s_check_hostport(const char *v)
+{
+    static const char *const why = "expected host:port (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")";
+    const char *colon;
+    if (v[0] == '[') {
+        const char *close = strchr(v, ']');
+        if (!close || close == v + 1 || close[1] != ':')
+            return why;
+        colon = close + 1;
+    } else {
+        colon = strchr(v, ':');
+        if (!colon || colon == v || strchr(colon + 1, ':'))
+            return why;
+    }
+    for (const char *p = v; p < colon; p++)
+        if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p) || *p == '/')
+            return why;
+    const char *port = colon + 1;
+    int64_t p = 0;
+    if (!isdigit((unsigned char)port[0]) || !s_parse_int(port, &p) || p < 1 || p > 65535)
+        return why;
+    return NULL;
+}
+
+static const char *s_check_http_url(const char *v)
+{
+    static const char *const why = "expected an http:// or https:// URL";
+    const char *rest = strncmp(v, "http://", 7) == 0    ? v + 7
+                       : strncmp(v, "https://", 8) == 0 ? v + 8
+                                                        : NULL;
+    if (!rest || !rest[0] || rest[0] == '/')
+        return why;
+    for (const char *p = v; *p; p++)
+        if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p))
+            return why;
+    return NULL;
+}
+
+static bool s_is_env_name(const char *v, size_t n)
+{
+    bool ok = n >= 1 && n <= 128 && (isalpha((unsigned char)v[0]) || v[0] == '_');
+    for (size_t i = 1; ok && i < n; i++)
+        ok = isalnum((unsigned char)v[i]) || v[i] == '_';
+    return ok;
+}
+
+static const char *s_check_env_assignment(const char *v)
+{
+    const char *eq = strchr(v, '=');
+    if (!eq || !s_is_env_name(v, (size_t)(eq - v)))
+        return "expected NAME=value (NAME: letters, digits and '_', not starting with a digit)";
+    return NULL;
+}
+
+static const char *s_check_env_name(const char *v)
+{
+    if (!s_is_env_name(v, strlen(v)))
+        return "expected a variable name (letters, digits and '_', not starting with a digit)";
+    return NULL;
+}
+
+/* A directory inside the checkout: relative, no ".." component. */
+static const char *s_check_relative_path(const char *v)
+{
+    static const char *const why = "expected a relative path inside the checkout (no \"..\")";
+    if (!v[0] || v[0] == '/')
+        return why;
+    for (const char *p = v; *p;) {
+        size_t n = strcspn(p, "/");
+        if (n == 2 && p[0] == '.' && p[1] == '.')
+            return why;
+        p += n;
+        while (*p == '/')
+            p++;
+    }
+    return NULL;
+}
+
+static const char *s_check_sha256(const char *v)
+{
+    if (strlen(v) != 64 || strspn(v, "0123456789abcdefABCDEF") != 64)
+        return "expected the token's SHA-256 as 64 hex characters";
+    return NULL;
+}
+
+static const char *s_check_url_path(const char *v)
+{
+    if (v[0] != '/')
+        return "expected a URL path starting with '/'";
+    for (const char *p = v; *p; p++)
+        if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p))
+            return "expected a URL path without spaces or control characters";
+    return NULL;
+}
+
 static bool s_endpoint_is_loopback(const char *v)
 {
     if (strncmp(v, "tcp://", 6) != 0)
@@ -1134,6 +1423,244 @@ static const s_node_t *s_locate(const s_ctx_t *ctx, const char *section, const c
     if (sec)
         return sec;
     return ctx->root;
+}
+
+/* ---- pipeline cross-field checks -------------------------------------------------------- */
+
+static const s_node_t *s_seq_item(const s_node_t *seq, size_t i)
+{
+    return seq && seq->type == S_NODE_SEQ && i < seq->count ? seq->items[i] : NULL;
+}
+
+/* The value node of @key in mapping @map, else @map itself, else the root. */
+static const s_node_t *s_at(const s_ctx_t *ctx, const s_node_t *map, const char *key)
+{
+    const s_node_t *n = key ? s_map_get(map, key) : NULL;
+    return n ? n : map ? map : ctx->root;
+}
+
+/* Names of the @count structs of @size at @base (name is at @name_offset) are unique. */
+static sn_rc_t s_unique_names(s_ctx_t *ctx, const void *base, size_t count, size_t size,
+                              size_t name_offset, const s_node_t *seq, const char *path)
+{
+    for (size_t i = 0; i < count; i++) {
+        const char *a = *(char *const *)(const void *)((const char *)base + i * size + name_offset);
+        for (size_t j = 0; j < i; j++) {
+            const char *b =
+                *(char *const *)(const void *)((const char *)base + j * size + name_offset);
+            if (strcmp(a, b) != 0)
+                continue;
+            char sub[S_PATH_LEN];
+            snprintf(sub, sizeof sub, "%s[%zu].name", path, i);
+            return s_fail(ctx, s_at(ctx, s_seq_item(seq, i), "name"), sub,
+                          "duplicate name \"%s\" (the same as %s[%zu])", a, path, j);
+        }
+    }
+    return SN_OK;
+}
+
+static bool s_same_host(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* A listen address of target @i (@which: 0 listen, 1 preview_listen) is not used twice. */
+static sn_rc_t s_check_listen_clash(s_ctx_t *ctx, const sn_config_t *cfg, size_t i, int which,
+                                    const s_node_t *tnodes)
+{
+    static const char *const keys[] = {"listen", "preview_listen"};
+    const sn_target_config_t *t = &cfg->targets[i];
+    const char *addr = which ? t->preview_listen : t->listen;
+    char path[S_PATH_LEN];
+    snprintf(path, sizeof path, "targets[%zu].%s", i, keys[which]);
+    const s_node_t *at = s_at(ctx, s_seq_item(tnodes, i), keys[which]);
+    if (!t->host && strcmp(addr, cfg->gateway.listen) == 0)
+        return s_fail(ctx, at, path, "%s is already gateway.listen", addr);
+    for (size_t j = 0; j <= i; j++) {
+        const sn_target_config_t *o = &cfg->targets[j];
+        if (strcmp(o->type, "local_static") != 0 || !s_same_host(t->host, o->host))
+            continue;
+        for (int w = 0; w < 2; w++) {
+            if (j == i && w >= which)
+                break;
+            if (strcmp(addr, w ? o->preview_listen : o->listen) == 0)
+                return s_fail(ctx, at, path, "%s is already targets[%zu].%s", addr, j, keys[w]);
+        }
+    }
+    return SN_OK;
+}
+
+static sn_rc_t s_finish_targets(s_ctx_t *ctx, sn_config_t *cfg)
+{
+    const s_node_t *tnodes = s_map_get(ctx->root, "targets");
+    if (s_unique_names(ctx, cfg->targets, cfg->target_count, sizeof(sn_target_config_t),
+                       offsetof(sn_target_config_t, name), tnodes, "targets") != SN_OK)
+        return SN_ERROR;
+    for (size_t i = 0; i < cfg->target_count; i++) {
+        sn_target_config_t *t = &cfg->targets[i];
+        const s_node_t *tn = s_seq_item(tnodes, i);
+        char path[S_PATH_LEN];
+        snprintf(path, sizeof path, "targets[%zu]", i);
+        if (strcmp(t->type, "local_static") == 0) {
+            const char *missing = !t->listen           ? "listen"
+                                  : !t->preview_listen ? "preview_listen"
+                                                       : NULL;
+            if (missing)
+                return s_fail(ctx, s_at(ctx, tn, NULL), path,
+                              "a local_static target needs \"%s\" (host:port)", missing);
+            if (s_check_listen_clash(ctx, cfg, i, 0, tnodes) != SN_OK ||
+                s_check_listen_clash(ctx, cfg, i, 1, tnodes) != SN_OK)
+                return SN_ERROR;
+        } else {
+            const char *missing = !t->stage_command     ? "stage_command"
+                                  : !t->promote_command ? "promote_command"
+                                                        : NULL;
+            if (missing)
+                return s_fail(ctx, s_at(ctx, tn, NULL), path, "a local_command target needs \"%s\"",
+                              missing);
+        }
+        if (t->check.dns_expect && !t->check.dns_name) {
+            snprintf(path, sizeof path, "targets[%zu].check.dns_expect", i);
+            return s_fail(ctx, s_at(ctx, s_map_get(tn, "check"), "dns_expect"), path,
+                          "dns_expect needs check.dns_name");
+        }
+        if (!t->url && t->listen)
+            t->url = sn_strdupf("http://%s", t->listen);
+        if (!t->preview_url && t->preview_listen)
+            t->preview_url = sn_strdupf("http://%s", t->preview_listen);
+    }
+    return SN_OK;
+}
+
+static sn_rc_t s_finish_environment(s_ctx_t *ctx, const sn_config_t *cfg, size_t pi,
+                                    const sn_project_config_t *p, size_t ei, const s_node_t *en)
+{
+    const sn_environment_config_t *e = &p->environments[ei];
+    char path[S_PATH_LEN];
+    const s_node_t *tlist = s_map_get(en, "targets");
+    for (size_t k = 0; e->targets[k]; k++) {
+        snprintf(path, sizeof path, "projects[%zu].environments[%zu].targets[%zu]", pi, ei, k);
+        const s_node_t *at = s_seq_item(tlist, k);
+        at = at ? at : s_at(ctx, en, "targets");
+        if (!sn_config_target(cfg, e->targets[k])) {
+            char list[256] = "";
+            size_t o = 0;
+            for (size_t t = 0; t < cfg->target_count; t++) {
+                int n = snprintf(list + o, sizeof list - o, "%s%s", o ? ", " : "",
+                                 cfg->targets[t].name);
+                if (n < 0 || (size_t)n >= sizeof list - o)
+                    break;
+                o += (size_t)n;
+            }
+            return s_fail(ctx, at, path, "no target named \"%s\" (targets: %s)", e->targets[k],
+                          o ? list : "none configured");
+        }
+        for (size_t j = 0; j < k; j++)
+            if (strcmp(e->targets[j], e->targets[k]) == 0)
+                return s_fail(ctx, at, path, "target \"%s\" is listed twice", e->targets[k]);
+    }
+    if (e->promote_from) {
+        snprintf(path, sizeof path, "projects[%zu].environments[%zu].promote_from", pi, ei);
+        const s_node_t *at = s_at(ctx, en, "promote_from");
+        if (strcmp(e->promote_from, e->name) == 0)
+            return s_fail(ctx, at, path, "an environment cannot promote from itself");
+        if (!sn_config_environment(p, e->promote_from))
+            return s_fail(ctx, at, path, "no environment named \"%s\" in project \"%s\"",
+                          e->promote_from, p->name);
+        /* follow the chain: it must end, not come back */
+        const sn_environment_config_t *cur = e;
+        for (size_t steps = 0; cur && cur->promote_from; steps++) {
+            cur = sn_config_environment(p, cur->promote_from);
+            if (cur == e || steps > p->environment_count)
+                return s_fail(ctx, at, path, "promote_from forms a cycle through \"%s\"",
+                              e->promote_from);
+        }
+    }
+    return SN_OK;
+}
+
+static sn_rc_t s_finish_projects(s_ctx_t *ctx, sn_config_t *cfg)
+{
+    const s_node_t *pnodes = s_map_get(ctx->root, "projects");
+    if (s_unique_names(ctx, cfg->projects, cfg->project_count, sizeof(sn_project_config_t),
+                       offsetof(sn_project_config_t, name), pnodes, "projects") != SN_OK)
+        return SN_ERROR;
+    for (size_t i = 0; i < cfg->project_count; i++) {
+        const sn_project_config_t *p = &cfg->projects[i];
+        const s_node_t *pn = s_seq_item(pnodes, i);
+        char path[S_PATH_LEN];
+        snprintf(path, sizeof path, "projects[%zu]", i);
+        if (strcmp(p->source_type, "local") == 0 && !p->repo)
+            return s_fail(ctx, s_at(ctx, pn, NULL), path,
+                          "source_type local needs \"repo\" (the path of a git repository)");
+        snprintf(path, sizeof path, "projects[%zu].environments", i);
+        const s_node_t *enodes = s_map_get(pn, "environments");
+        if (s_unique_names(ctx, p->environments, p->environment_count,
+                           sizeof(sn_environment_config_t), offsetof(sn_environment_config_t, name),
+                           enodes, path) != SN_OK)
+            return SN_ERROR;
+        for (size_t j = 0; j < p->environment_count; j++)
+            if (s_finish_environment(ctx, cfg, i, p, j, s_seq_item(enodes, j)) != SN_OK)
+                return SN_ERROR;
+    }
+    return SN_OK;
+}
+
+static sn_rc_t s_finish_channels(s_ctx_t *ctx, sn_config_t *cfg)
+{
+    const s_node_t *cnodes = s_map_get(ctx->root, "channels");
+    if (s_unique_names(ctx, cfg->channels, cfg->channel_count, sizeof(sn_channel_config_t),
+                       offsetof(sn_channel_config_t, name), cnodes, "channels") != SN_OK)
+        return SN_ERROR;
+    for (size_t i = 0; i < cfg->channel_count; i++) {
+        const sn_channel_config_t *c = &cfg->channels[i];
+        char path[S_PATH_LEN];
+        snprintf(path, sizeof path, "channels[%zu]", i);
+        const char *missing = strcmp(c->type, "file") == 0 && !c->path     ? "path"
+                              : strcmp(c->type, "webhook") == 0 && !c->url ? "url"
+                                                                           : NULL;
+        if (missing) /* never print the channel's values: secret may hold a resolved key */
+            return s_fail(ctx, s_at(ctx, s_seq_item(cnodes, i), NULL), path,
+                          "a %s channel needs \"%s\"", c->type, missing);
+    }
+    return SN_OK;
+}
+
+static sn_rc_t s_finish_gateway(s_ctx_t *ctx, sn_config_t *cfg)
+{
+    sn_gateway_config_t *g = &cfg->gateway;
+    const s_node_t *tnodes = s_map_get(s_map_get(ctx->root, "gateway"), "tokens");
+    if (s_unique_names(ctx, g->tokens, g->token_count, sizeof(sn_token_config_t),
+                       offsetof(sn_token_config_t, name), tnodes, "gateway.tokens") != SN_OK)
+        return SN_ERROR;
+    for (size_t i = 0; i < g->token_count; i++) {
+        for (char *c = g->tokens[i].sha256; *c; c++)
+            *c = (char)tolower((unsigned char)*c);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(g->tokens[i].sha256, g->tokens[j].sha256) != 0)
+                continue;
+            char path[S_PATH_LEN];
+            snprintf(path, sizeof path, "gateway.tokens[%zu].sha256", i);
+            return s_fail(ctx, s_at(ctx, s_seq_item(tnodes, i), "sha256"), path,
+                          "the same token hash as gateway.tokens[%zu]", j);
+        }
+    }
+    return SN_OK;
+}
+
+/* The pipeline sections: cross-field checks and derived defaults. */
+static sn_rc_t s_finish_pipeline(s_ctx_t *ctx, sn_config_t *cfg)
+{
+    if (s_finish_targets(ctx, cfg) != SN_OK || s_finish_projects(ctx, cfg) != SN_OK ||
+        s_finish_channels(ctx, cfg) != SN_OK || s_finish_gateway(ctx, cfg) != SN_OK)
+        return SN_ERROR;
+    if (!cfg->artifact_dir)
+        cfg->artifact_dir = sn_strdupf("%s/artifacts", cfg->state_dir);
+    if (!cfg->audit_archive)
+        cfg->audit_archive = sn_strdupf("%s/audit.log", cfg->state_dir);
+    if (!cfg->audit_key_file)
+        cfg->audit_key_file = sn_strdupf("%s/audit.key", cfg->state_dir);
+    return SN_OK;
 }
 
 /* Cross-field checks and derived defaults, once every key has its value. */
@@ -1189,5 +1716,5 @@ static sn_rc_t s_finish(s_ctx_t *ctx, sn_config_t *cfg)
                       rt->job_lease_ms);
     if (cfg->redis.embedded && !cfg->redis.unix_path)
         cfg->redis.unix_path = sn_strdupf("%s/redis.sock", cfg->state_dir);
-    return SN_OK;
+    return s_finish_pipeline(ctx, cfg);
 }

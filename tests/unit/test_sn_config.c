@@ -229,6 +229,45 @@ static void test_sn_config_example_loads(void **state)
     assert_string_equal(cfg.broker.rpc, "tcp://127.0.0.1:7700");
     assert_int_equal(cfg.runtime.leader_ttl_ms, 5000);
     assert_true(cfg.runtime.journal_max_age_s == 30 * 86400);
+    /* the quick start's pipeline */
+    assert_true(cfg.process_count >= 8);
+    const sn_project_config_t *p = sn_config_project(&cfg, "hello");
+    assert_non_null(p);
+    assert_string_equal(p->repo, "./var/hello-site.git");
+    assert_string_equal(p->build_steps[0], "./build.sh");
+    assert_string_equal(p->build_output, "public");
+    const sn_environment_config_t *staging = sn_config_environment(p, "staging");
+    const sn_environment_config_t *prod = sn_config_environment(p, "production");
+    assert_non_null(staging);
+    assert_non_null(prod);
+    assert_string_equal(staging->branch, "staging");
+    assert_false(staging->approval.required);
+    assert_string_equal(staging->targets[0], "hello-staging");
+    assert_string_equal(prod->branch, "main");
+    assert_true(prod->approval.required);
+    assert_string_equal(prod->strategy, "blue-green");
+    assert_string_equal(prod->promote_from, "staging");
+    assert_string_equal(prod->targets[0], "hello-prod");
+    const sn_target_config_t *t = sn_config_target(&cfg, "hello-staging");
+    assert_non_null(t);
+    assert_string_equal(t->url, "http://127.0.0.1:8080");
+    assert_string_equal(t->preview_url, "http://127.0.0.1:8081");
+    /* the check looks for text the site really contains */
+    char *index = sn_test_read_file(SN_SOURCE_DIR "/examples/hello-site/src/index.html");
+    assert_non_null(index);
+    assert_non_null(t->check.body_contains);
+    assert_non_null(strstr(index, t->check.body_contains));
+    free(index);
+    t = sn_config_target(&cfg, "hello-prod");
+    assert_non_null(t);
+    assert_string_equal(t->url, "http://127.0.0.1:8090");
+    assert_string_equal(t->preview_url, "http://127.0.0.1:8091");
+    assert_int_equal(cfg.channel_count, 2);
+    assert_string_equal(cfg.channels[1].path, "./var/notifications.jsonl");
+    assert_string_equal(cfg.gateway.listen, "127.0.0.1:8700");
+    assert_int_equal(cfg.gateway.token_count, 0);
+    assert_string_equal(cfg.artifact_dir, "./var/artifacts");
+    assert_int_equal(access(SN_SOURCE_DIR "/examples/hello-site/build.sh", X_OK), 0);
     /* the hash is the file's: loading the same bytes as a string gives the same hash */
     char *text = sn_test_read_file(path);
     assert_non_null(text);
@@ -296,10 +335,13 @@ static void test_sn_config_key_errors(void **state)
     s_expect_error("broker:\n  heartbeat: 5\n",
                    "t.yml:2:3: broker.heartbeat: unknown key \"heartbeat\" (did you mean "
                    "\"heartbeat_ms\"?)");
+    s_expect_error("project: []\n",
+                   "t.yml:1:1: project: unknown key \"project\" (did you mean \"projects\"?)");
     s_expect_error(
-        "projects: []\n",
-        "t.yml:1:1: projects: unknown key \"projects\" (valid keys: namespace, state_dir, "
-        "log_level, broker, redis, runtime, processes)");
+        "pipelines: []\n",
+        "t.yml:1:1: pipelines: unknown key \"pipelines\" (valid keys: namespace, state_dir, "
+        "log_level, broker, redis, runtime, processes, projects, targets, channels, gateway, "
+        "artifact_dir, audit_archive, audit_key_file)");
     s_expect_error("namespace: a\nstate_dir: b\nnamespace: c\n",
                    "t.yml:3:1: namespace: duplicate key (first at line 1, column 1)");
     s_expect_error("runtime:\n  job_lease_ms: 1s\n  job_lease_ms: 2s\n",
@@ -491,6 +533,606 @@ static void test_sn_config_hostile_input(void **state)
     assert_int_equal(sn_config_load_string("t.yml", "x: 1", 4, &cfg, NULL, 0), SN_ERROR);
 }
 
+/* ---- the pipeline sections -------------------------------------------------------------- */
+
+#define TOKEN_HASH "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+static void test_sn_config_pipeline_full(void **state)
+{
+    const char *yaml =
+        "state_dir: /srv/sentinel\n"
+        "projects:\n"
+        "  - name: web\n"
+        "    source_type: local\n"
+        "    repo: /srv/git/web.git\n"
+        "    poll_interval_ms: 0\n"
+        "    build_steps: [\"npm ci\", \"npm run build\"]\n"
+        "    build_output: dist/site\n"
+        "    build_timeout_s: 15m\n"
+        "    build_user: builder\n"
+        "    build_env: [\"NODE_ENV=production\", \"EMPTY=\"]\n"
+        "    build_secrets: [NPM_TOKEN]\n"
+        "    build_memory_mb: 4096\n"
+        "    build_max_procs: 512\n"
+        "    environments:\n"
+        "      - name: staging\n"
+        "        branch: develop\n"
+        "        strategy: canary\n"
+        "        supersede: false\n"
+        "        targets: [web-staging]\n"
+        "        step_timeout_s: 2m\n"
+        "        approval_timeout_s: 1h\n"
+        "      - name: production\n"
+        "        branch: main\n"
+        "        approval:\n"
+        "          required: true\n"
+        "          approvers: [alice, bob]\n"
+        "          expiry_s: 2d\n"
+        "        strategy: rolling\n"
+        "        require_signed: true\n"
+        "        promote_from: staging\n"
+        "        targets: [web-prod, web-cmd]\n"
+        "  - name: docs\n"
+        "    repo: /srv/git/docs.git\n"
+        "targets:\n"
+        "  - name: web-staging\n"
+        "    type: local_static\n"
+        "    host: edge-1\n"
+        "    listen: 127.0.0.1:9080\n"
+        "    preview_listen: \"[::1]:9081\"\n"
+        "    url: https://staging.example.com\n"
+        "    preview_url: http://preview.example.com:9081/x\n"
+        "    keep_releases: 3\n"
+        "    command_timeout_ms: 1m\n"
+        "    check:\n"
+        "      path: /healthz\n"
+        "      status: 204\n"
+        "      body_contains: ok\n"
+        "      max_latency_ms: 750ms\n"
+        "      consecutive: 5\n"
+        "      interval_ms: 1s\n"
+        "      deadline_ms: 2m\n"
+        "      dns_name: staging.example.com\n"
+        "      dns_expect: 192.0.2.10\n"
+        "      dns_resolvers: [\"127.0.0.1:5353\", \"[::1]:53\"]\n"
+        "  - name: web-prod\n"
+        "    type: local_static\n"
+        "    listen: 0.0.0.0:80\n"
+        "    preview_listen: 127.0.0.1:8081\n"
+        "  - name: web-cmd\n"
+        "    type: local_command\n"
+        "    stage_command: ./stage.sh\n"
+        "    promote_command: ./promote.sh\n"
+        "    health_command: ./health.sh\n"
+        "    rollback_command: ./rollback.sh\n"
+        "channels:\n"
+        "  - name: ops-log\n"
+        "    type: log\n"
+        "  - name: jsonl\n"
+        "    type: file\n"
+        "    path: /srv/notify.jsonl\n"
+        "    min_severity: warning\n"
+        "  - name: hook\n"
+        "    type: webhook\n"
+        "    url: https://hooks.example.com/s\n"
+        "    secret: \"${env:SN_TEST_CFG_HOOK}\"\n"
+        "    min_severity: critical\n"
+        "    timeout_ms: 2s\n"
+        "    max_attempts: 9\n"
+        "  - name: hook2\n"
+        "    type: webhook\n"
+        "    url: http://127.0.0.1:9/h\n"
+        "    secret: \"${secret:hooks/key}\"\n"
+        "gateway:\n"
+        "  listen: 0.0.0.0:8443\n"
+        "  tokens:\n"
+        "    - name: alice\n"
+        "      sha256: " TOKEN_HASH "\n"
+        "      role: admin\n"
+        "    - {name: ci, sha256: \"9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C"
+        "15B0F00A09\", role: operator}\n"
+        "  max_sse: 8\n"
+        "  max_connections: 32\n"
+        "  max_body_bytes: 65536\n"
+        "artifact_dir: /data/artifacts\n"
+        "audit_archive: /data/audit.log\n"
+        "audit_key_file: /etc/sentinel/audit.key\n";
+    setenv("SN_TEST_CFG_HOOK", "hook-key-value", 1);
+    sn_config_t cfg;
+    if (s_load(yaml, &cfg) != SN_OK)
+        print_error("%s\n", s_err);
+    unsetenv("SN_TEST_CFG_HOOK");
+
+    assert_int_equal(cfg.project_count, 2);
+    const sn_project_config_t *p = sn_config_project(&cfg, "web");
+    assert_ptr_equal(p, &cfg.projects[0]);
+    assert_string_equal(p->name, "web");
+    assert_string_equal(p->source_type, "local");
+    assert_string_equal(p->repo, "/srv/git/web.git");
+    assert_int_equal(p->poll_interval_ms, 0);
+    assert_string_equal(p->build_steps[0], "npm ci");
+    assert_string_equal(p->build_steps[1], "npm run build");
+    assert_null(p->build_steps[2]);
+    assert_string_equal(p->build_output, "dist/site");
+    assert_int_equal(p->build_timeout_s, 900);
+    assert_string_equal(p->build_user, "builder");
+    assert_string_equal(p->build_env[0], "NODE_ENV=production");
+    assert_string_equal(p->build_env[1], "EMPTY=");
+    assert_null(p->build_env[2]);
+    assert_string_equal(p->build_secrets[0], "NPM_TOKEN");
+    assert_null(p->build_secrets[1]);
+    assert_true(p->build_memory_mb == 4096);
+    assert_true(p->build_max_procs == 512);
+    assert_int_equal(p->environment_count, 2);
+
+    const sn_environment_config_t *e = sn_config_environment(p, "staging");
+    assert_ptr_equal(e, &p->environments[0]);
+    assert_string_equal(e->branch, "develop");
+    assert_false(e->approval.required);
+    assert_null(e->approval.approvers[0]);
+    assert_int_equal(e->approval.expiry_s, 0);
+    assert_string_equal(e->strategy, "canary");
+    assert_false(e->supersede);
+    assert_false(e->require_signed);
+    assert_null(e->promote_from);
+    assert_string_equal(e->targets[0], "web-staging");
+    assert_null(e->targets[1]);
+    assert_int_equal(e->step_timeout_s, 120);
+    assert_int_equal(e->approval_timeout_s, 3600);
+
+    e = sn_config_environment(p, "production");
+    assert_ptr_equal(e, &p->environments[1]);
+    assert_string_equal(e->branch, "main");
+    assert_true(e->approval.required);
+    assert_string_equal(e->approval.approvers[0], "alice");
+    assert_string_equal(e->approval.approvers[1], "bob");
+    assert_null(e->approval.approvers[2]);
+    assert_int_equal(e->approval.expiry_s, 2 * 86400);
+    assert_string_equal(e->strategy, "rolling");
+    assert_true(e->supersede);
+    assert_true(e->require_signed);
+    assert_string_equal(e->promote_from, "staging");
+    assert_string_equal(e->targets[0], "web-prod");
+    assert_string_equal(e->targets[1], "web-cmd");
+    assert_null(e->targets[2]);
+    assert_int_equal(e->step_timeout_s, 600);
+    assert_int_equal(e->approval_timeout_s, 86400);
+    assert_null(sn_config_environment(p, "qa"));
+    assert_null(sn_config_environment(NULL, "staging"));
+    assert_null(sn_config_environment(p, NULL));
+
+    p = sn_config_project(&cfg, "docs");
+    assert_ptr_equal(p, &cfg.projects[1]);
+    assert_string_equal(p->source_type, "local");
+    assert_int_equal(p->environment_count, 0);
+    assert_null(sn_config_project(&cfg, "nope"));
+    assert_null(sn_config_project(NULL, "web"));
+
+    assert_int_equal(cfg.target_count, 3);
+    const sn_target_config_t *t = sn_config_target(&cfg, "web-staging");
+    assert_ptr_equal(t, &cfg.targets[0]);
+    assert_string_equal(t->type, "local_static");
+    assert_string_equal(t->host, "edge-1");
+    assert_string_equal(t->listen, "127.0.0.1:9080");
+    assert_string_equal(t->preview_listen, "[::1]:9081");
+    assert_string_equal(t->url, "https://staging.example.com");
+    assert_string_equal(t->preview_url, "http://preview.example.com:9081/x");
+    assert_int_equal(t->keep_releases, 3);
+    assert_null(t->stage_command);
+    assert_int_equal(t->command_timeout_ms, 60000);
+    assert_string_equal(t->check.path, "/healthz");
+    assert_int_equal(t->check.status, 204);
+    assert_string_equal(t->check.body_contains, "ok");
+    assert_int_equal(t->check.max_latency_ms, 750);
+    assert_int_equal(t->check.consecutive, 5);
+    assert_int_equal(t->check.interval_ms, 1000);
+    assert_int_equal(t->check.deadline_ms, 120000);
+    assert_string_equal(t->check.dns_name, "staging.example.com");
+    assert_string_equal(t->check.dns_expect, "192.0.2.10");
+    assert_string_equal(t->check.dns_resolvers[0], "127.0.0.1:5353");
+    assert_string_equal(t->check.dns_resolvers[1], "[::1]:53");
+    assert_null(t->check.dns_resolvers[2]);
+
+    t = sn_config_target(&cfg, "web-prod");
+    assert_ptr_equal(t, &cfg.targets[1]);
+    assert_null(t->host);
+    assert_string_equal(t->url, "http://0.0.0.0:80"); /* derived from listen */
+    assert_string_equal(t->preview_url, "http://127.0.0.1:8081");
+
+    t = sn_config_target(&cfg, "web-cmd");
+    assert_ptr_equal(t, &cfg.targets[2]);
+    assert_string_equal(t->type, "local_command");
+    assert_null(t->listen);
+    assert_null(t->url); /* nothing to derive it from */
+    assert_null(t->preview_url);
+    assert_string_equal(t->stage_command, "./stage.sh");
+    assert_string_equal(t->promote_command, "./promote.sh");
+    assert_string_equal(t->health_command, "./health.sh");
+    assert_string_equal(t->rollback_command, "./rollback.sh");
+    assert_null(sn_config_target(&cfg, "web"));
+    assert_null(sn_config_target(NULL, "web"));
+
+    assert_int_equal(cfg.channel_count, 4);
+    assert_string_equal(cfg.channels[0].name, "ops-log");
+    assert_string_equal(cfg.channels[0].type, "log");
+    assert_null(cfg.channels[0].path);
+    assert_string_equal(cfg.channels[1].type, "file");
+    assert_string_equal(cfg.channels[1].path, "/srv/notify.jsonl");
+    assert_string_equal(cfg.channels[1].min_severity, "warning");
+    const sn_channel_config_t *c = &cfg.channels[2];
+    assert_string_equal(c->type, "webhook");
+    assert_string_equal(c->url, "https://hooks.example.com/s");
+    assert_string_equal(c->secret, "hook-key-value"); /* ${env:...} resolved */
+    assert_string_equal(c->min_severity, "critical");
+    assert_int_equal(c->timeout_ms, 2000);
+    assert_int_equal(c->max_attempts, 9);
+    assert_string_equal(cfg.channels[3].secret, "${secret:hooks/key}"); /* kept verbatim */
+
+    assert_string_equal(cfg.gateway.listen, "0.0.0.0:8443");
+    assert_int_equal(cfg.gateway.token_count, 2);
+    assert_string_equal(cfg.gateway.tokens[0].name, "alice");
+    assert_string_equal(cfg.gateway.tokens[0].sha256, TOKEN_HASH);
+    assert_string_equal(cfg.gateway.tokens[0].role, "admin");
+    assert_string_equal(cfg.gateway.tokens[1].name, "ci");
+    /* stored lower-case */
+    assert_string_equal(cfg.gateway.tokens[1].sha256,
+                        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a09");
+    assert_string_equal(cfg.gateway.tokens[1].role, "operator");
+    assert_int_equal(cfg.gateway.max_sse, 8);
+    assert_int_equal(cfg.gateway.max_connections, 32);
+    assert_true(cfg.gateway.max_body_bytes == 65536);
+    assert_string_equal(cfg.artifact_dir, "/data/artifacts");
+    assert_string_equal(cfg.audit_archive, "/data/audit.log");
+    assert_string_equal(cfg.audit_key_file, "/etc/sentinel/audit.key");
+    sn_config_fini(&cfg);
+    sn_config_fini(&cfg); /* idempotent */
+}
+
+static void test_sn_config_pipeline_defaults(void **state)
+{
+    sn_config_t cfg;
+    /* no pipeline keys at all */
+    assert_int_equal(s_load("state_dir: /tmp/sn\n", &cfg), SN_OK);
+    assert_int_equal(cfg.project_count, 0);
+    assert_null(cfg.projects);
+    assert_int_equal(cfg.target_count, 0);
+    assert_int_equal(cfg.channel_count, 0);
+    assert_string_equal(cfg.gateway.listen, "127.0.0.1:8700");
+    assert_int_equal(cfg.gateway.token_count, 0);
+    assert_int_equal(cfg.gateway.max_sse, 64);
+    assert_int_equal(cfg.gateway.max_connections, 256);
+    assert_true(cfg.gateway.max_body_bytes == 1048576);
+    assert_string_equal(cfg.artifact_dir, "/tmp/sn/artifacts");
+    assert_string_equal(cfg.audit_archive, "/tmp/sn/audit.log");
+    assert_string_equal(cfg.audit_key_file, "/tmp/sn/audit.key");
+    assert_null(sn_config_project(&cfg, "x"));
+    assert_null(sn_config_target(&cfg, "x"));
+    sn_config_fini(&cfg);
+
+    /* the smallest of each */
+    assert_int_equal(s_load("projects:\n"
+                            "  - name: p\n"
+                            "    repo: /r\n"
+                            "    environments:\n"
+                            "      - {name: e, branch: b}\n"
+                            "targets:\n"
+                            "  - {name: t, type: local_static, listen: \"127.0.0.1:1\", "
+                            "preview_listen: \"127.0.0.1:2\"}\n"
+                            "channels:\n"
+                            "  - {name: c, type: log}\n"
+                            "gateway:\n",
+                            &cfg),
+                     SN_OK);
+    const sn_project_config_t *p = &cfg.projects[0];
+    assert_string_equal(p->source_type, "local");
+    assert_int_equal(p->poll_interval_ms, 5000);
+    assert_non_null(p->build_steps);
+    assert_null(p->build_steps[0]);
+    assert_string_equal(p->build_output, ".");
+    assert_int_equal(p->build_timeout_s, 600);
+    assert_string_equal(p->build_user, "nobody");
+    assert_null(p->build_env[0]);
+    assert_null(p->build_secrets[0]);
+    assert_true(p->build_memory_mb == 2048);
+    assert_true(p->build_max_procs == 256);
+    const sn_environment_config_t *e = &p->environments[0];
+    assert_false(e->approval.required);
+    assert_non_null(e->approval.approvers);
+    assert_null(e->approval.approvers[0]);
+    assert_int_equal(e->approval.expiry_s, 0);
+    assert_string_equal(e->strategy, "blue-green");
+    assert_true(e->supersede);
+    assert_false(e->require_signed);
+    assert_null(e->promote_from);
+    assert_non_null(e->targets);
+    assert_null(e->targets[0]); /* an environment without targets builds and verifies only */
+    assert_int_equal(e->step_timeout_s, 600);
+    assert_int_equal(e->approval_timeout_s, 86400);
+    const sn_target_config_t *t = &cfg.targets[0];
+    assert_null(t->host);
+    assert_string_equal(t->url, "http://127.0.0.1:1");
+    assert_string_equal(t->preview_url, "http://127.0.0.1:2");
+    assert_int_equal(t->keep_releases, 5);
+    assert_int_equal(t->command_timeout_ms, 120000);
+    assert_string_equal(t->check.path, "/");
+    assert_int_equal(t->check.status, 200);
+    assert_null(t->check.body_contains);
+    assert_int_equal(t->check.max_latency_ms, 2000);
+    assert_int_equal(t->check.consecutive, 3);
+    assert_int_equal(t->check.interval_ms, 500);
+    assert_int_equal(t->check.deadline_ms, 30000);
+    assert_null(t->check.dns_name);
+    assert_null(t->check.dns_expect);
+    assert_non_null(t->check.dns_resolvers);
+    assert_null(t->check.dns_resolvers[0]);
+    const sn_channel_config_t *c = &cfg.channels[0];
+    assert_null(c->path);
+    assert_null(c->url);
+    assert_null(c->secret);
+    assert_string_equal(c->min_severity, "info");
+    assert_int_equal(c->timeout_ms, 5000);
+    assert_int_equal(c->max_attempts, 5);
+    assert_string_equal(cfg.gateway.listen, "127.0.0.1:8700");
+    assert_string_equal(cfg.artifact_dir, "./var/artifacts");
+    assert_string_equal(cfg.audit_archive, "./var/audit.log");
+    assert_string_equal(cfg.audit_key_file, "./var/audit.key");
+    sn_config_fini(&cfg);
+}
+
+/* Value errors caught by the schema rows. */
+static void test_sn_config_pipeline_value_errors(void **state)
+{
+    s_expect_error("projects:\n  - repo: /r\n",
+                   "t.yml:2:5: projects[0]: missing required key \"name\"");
+    s_expect_error("projects:\n  - name: ../x\n    repo: /r\n",
+                   "t.yml:2:11: projects[0].name: expected a name of 1 to 64 letters, digits, "
+                   "'.', '_' or '-' starting with a letter or digit, got \"../x\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    source_type: github\n",
+                   "t.yml:4:18: projects[0].source_type: expected one of local, got \"github\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    build_output: ../out\n",
+                   "t.yml:4:19: projects[0].build_output: expected a relative path inside the "
+                   "checkout (no \"..\"), got \"../out\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    build_output: /abs\n",
+                   "t.yml:4:19: projects[0].build_output: expected a relative path inside the "
+                   "checkout (no \"..\"), got \"/abs\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    build_env: [\"1X=y\"]\n",
+                   "t.yml:4:17: projects[0].build_env[0]: expected NAME=value (NAME: letters, "
+                   "digits and '_', not starting with a digit), got \"1X=y\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    build_env: [NOVALUE]\n",
+                   "t.yml:4:17: projects[0].build_env[0]: expected NAME=value (NAME: letters, "
+                   "digits and '_', not starting with a digit), got \"NOVALUE\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    build_secrets: [a-b]\n",
+                   "t.yml:4:21: projects[0].build_secrets[0]: expected a variable name (letters, "
+                   "digits and '_', not starting with a digit), got \"a-b\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    build_memory_mb: 8\n",
+                   "t.yml:4:22: projects[0].build_memory_mb: expected an integer in [16, "
+                   "1073741824], got \"8\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - name: e\n",
+                   "t.yml:5:9: projects[0].environments[0]: missing required key \"branch\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: e, branch: b, strategy: big-bang}\n",
+                   "t.yml:5:40: projects[0].environments[0].strategy: expected one of blue-green, "
+                   "canary, rolling, got \"big-bang\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: e, branch: b, approval: {required: maybe}}\n",
+                   "t.yml:5:51: projects[0].environments[0].approval.required: expected true or "
+                   "false, got \"maybe\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: e, branch: b, approval: {expiry: 1d}}\n",
+                   "t.yml:5:41: projects[0].environments[0].approval.expiry: unknown key "
+                   "\"expiry\" (did you mean \"expiry_s\"?)");
+    s_expect_error("targets:\n  - {name: t, listen: \"127.0.0.1:1\"}\n",
+                   "t.yml:2:5: targets[0]: missing required key \"type\"");
+    s_expect_error("targets:\n  - {name: t, type: k8s}\n",
+                   "t.yml:2:21: targets[0].type: expected one of local_static, local_command, "
+                   "got \"k8s\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, listen: \"8080\"}\n",
+                   "t.yml:2:43: targets[0].listen: expected host:port (e.g. \"127.0.0.1:8080\" "
+                   "or \"[::1]:8080\"), got \"8080\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, listen: \"h:70000\"}\n",
+                   "t.yml:2:43: targets[0].listen: expected host:port (e.g. \"127.0.0.1:8080\" "
+                   "or \"[::1]:8080\"), got \"h:70000\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, preview_listen: \"::1:80\"}\n",
+                   "t.yml:2:51: targets[0].preview_listen: expected host:port (e.g. "
+                   "\"127.0.0.1:8080\" or \"[::1]:8080\"), got \"::1:80\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, url: \"ftp://x\"}\n",
+                   "t.yml:2:40: targets[0].url: expected an http:// or https:// URL, got "
+                   "\"ftp://x\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, check: {path: health}}\n",
+                   "t.yml:2:49: targets[0].check.path: expected a URL path starting with '/', got "
+                   "\"health\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, check: {status: 99}}\n",
+                   "t.yml:2:51: targets[0].check.status: expected an integer in [100, 599], got "
+                   "\"99\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, check: {dns_resolvers: [x]}}\n",
+                   "t.yml:2:59: targets[0].check.dns_resolvers[0]: expected host:port (e.g. "
+                   "\"127.0.0.1:8080\" or \"[::1]:8080\"), got \"x\"");
+    s_expect_error("channels:\n  - {name: c, type: sms}\n",
+                   "t.yml:2:21: channels[0].type: expected one of log, file, webhook, got \"sms\"");
+    s_expect_error("channels:\n  - {name: c, type: log, min_severity: debug}\n",
+                   "t.yml:2:40: channels[0].min_severity: expected one of info, warning, critical, "
+                   "got \"debug\"");
+    s_expect_error("channels:\n  - {name: c, type: webhook, url: \"file:///etc/passwd\"}\n",
+                   "t.yml:2:35: channels[0].url: expected an http:// or https:// URL, got "
+                   "\"file:///etc/passwd\"");
+    s_expect_error("gateway:\n  tokens:\n    - {name: a, sha256: abc, role: admin}\n",
+                   "t.yml:3:25: gateway.tokens[0].sha256: expected the token's SHA-256 as 64 hex "
+                   "characters, got \"abc\"");
+    s_expect_error("gateway:\n  tokens:\n    - {name: a, sha256: " TOKEN_HASH ", role: root}\n",
+                   "t.yml:3:97: gateway.tokens[0].role: expected one of viewer, operator, admin, "
+                   "got \"root\"");
+    s_expect_error("gateway:\n  tokens:\n    - {name: a, sha256: " TOKEN_HASH "}\n",
+                   "t.yml:3:7: gateway.tokens[0]: missing required key \"role\"");
+    s_expect_error("gateway:\n  listen: 8700\n",
+                   "t.yml:2:11: gateway.listen: expected host:port (e.g. \"127.0.0.1:8080\" or "
+                   "\"[::1]:8080\"), got \"8700\"");
+    s_expect_error("gateway:\n  max_sse: 0\n",
+                   "t.yml:2:12: gateway.max_sse: expected an integer in [1, 100000], got \"0\"");
+    s_expect_error("projects: {name: p}\n",
+                   "t.yml:1:11: projects: expected a list of mappings, got a mapping");
+}
+
+#define S_TWO_TARGETS                                                                              \
+    "targets:\n"                                                                                   \
+    "  - {name: a, type: local_static, listen: \"127.0.0.1:1\", preview_listen: "                  \
+    "\"127.0.0.1:2\"}\n"                                                                           \
+    "  - {name: b, type: local_command, stage_command: s, promote_command: p}\n"
+
+/* Cross-field errors, each with the position of the offending value. */
+static void test_sn_config_pipeline_cross_errors(void **state)
+{
+    s_expect_error("projects:\n  - {name: p, repo: /r}\n  - {name: q, repo: /r}\n"
+                   "  - {name: p, repo: /s}\n",
+                   "t.yml:4:12: projects[2].name: duplicate name \"p\" (the same as projects[0])");
+    s_expect_error(S_TWO_TARGETS "  - {name: a, type: local_command, stage_command: s, "
+                                 "promote_command: p}\n",
+                   "t.yml:4:12: targets[2].name: duplicate name \"a\" (the same as targets[0])");
+    s_expect_error("channels:\n  - {name: c, type: log}\n  - {name: c, type: log}\n",
+                   "t.yml:3:12: channels[1].name: duplicate name \"c\" (the same as channels[0])");
+    s_expect_error("gateway:\n  tokens:\n"
+                   "    - {name: a, sha256: " TOKEN_HASH ", role: admin}\n"
+                   "    - {name: a, sha256: " TOKEN_HASH ", role: viewer}\n",
+                   "t.yml:4:14: gateway.tokens[1].name: duplicate name \"a\" (the same as "
+                   "gateway.tokens[0])");
+    s_expect_error("gateway:\n  tokens:\n"
+                   "    - {name: a, sha256: " TOKEN_HASH ", role: admin}\n"
+                   "    - {name: b, sha256: \"" TOKEN_HASH "\", role: viewer}\n",
+                   "t.yml:4:25: gateway.tokens[1].sha256: the same token hash as "
+                   "gateway.tokens[0]");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: e, branch: b}\n      - {name: e, branch: c}\n",
+                   "t.yml:6:16: projects[0].environments[1].name: duplicate name \"e\" (the same "
+                   "as projects[0].environments[0])");
+    s_expect_error("projects:\n  - name: p\n",
+                   "t.yml:2:5: projects[0]: source_type local needs \"repo\" (the path of a git "
+                   "repository)");
+    s_expect_error(S_TWO_TARGETS "projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                                 "      - name: e\n        branch: b\n        targets: [a, c]\n",
+                   "t.yml:10:22: projects[0].environments[0].targets[1]: no target named \"c\" "
+                   "(targets: a, b)");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: e, branch: b, targets: [x]}\n",
+                   "t.yml:5:40: projects[0].environments[0].targets[0]: no target named \"x\" "
+                   "(targets: none configured)");
+    s_expect_error(S_TWO_TARGETS "projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                                 "      - {name: e, branch: b, targets: [b, a, b]}\n",
+                   "t.yml:8:46: projects[0].environments[0].targets[2]: target \"b\" is listed "
+                   "twice");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: e, branch: b, promote_from: f}\n",
+                   "t.yml:5:44: projects[0].environments[0].promote_from: no environment named "
+                   "\"f\" in project \"p\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: e, branch: b, promote_from: e}\n",
+                   "t.yml:5:44: projects[0].environments[0].promote_from: an environment cannot "
+                   "promote from itself");
+    /* promote_from names an environment of the SAME project */
+    s_expect_error("projects:\n"
+                   "  - {name: p, repo: /r, environments: [{name: staging, branch: s}]}\n"
+                   "  - name: q\n    repo: /r\n    environments:\n"
+                   "      - {name: prod, branch: m, promote_from: staging}\n",
+                   "t.yml:6:47: projects[1].environments[0].promote_from: no environment named "
+                   "\"staging\" in project \"q\"");
+    s_expect_error("projects:\n  - name: p\n    repo: /r\n    environments:\n"
+                   "      - {name: a, branch: x, promote_from: b}\n"
+                   "      - {name: b, branch: y, promote_from: a}\n",
+                   "t.yml:5:44: projects[0].environments[0].promote_from: promote_from forms a "
+                   "cycle through \"b\"");
+    s_expect_error("targets:\n  - name: t\n    type: local_static\n    listen: \"127.0.0.1:1\"\n",
+                   "t.yml:2:5: targets[0]: a local_static target needs \"preview_listen\" "
+                   "(host:port)");
+    s_expect_error("targets:\n  - {name: t, type: local_static}\n",
+                   "t.yml:2:5: targets[0]: a local_static target needs \"listen\" (host:port)");
+    s_expect_error("targets:\n  - {name: t, type: local_command, stage_command: s}\n",
+                   "t.yml:2:5: targets[0]: a local_command target needs \"promote_command\"");
+    s_expect_error("targets:\n  - {name: t, type: local_command, promote_command: s}\n",
+                   "t.yml:2:5: targets[0]: a local_command target needs \"stage_command\"");
+    s_expect_error("targets:\n  - {name: t, type: local_static, listen: \"127.0.0.1:1\", "
+                   "preview_listen: \"127.0.0.1:1\"}\n",
+                   "t.yml:2:74: targets[0].preview_listen: 127.0.0.1:1 is already "
+                   "targets[0].listen");
+    s_expect_error(S_TWO_TARGETS "  - {name: c, type: local_static, listen: \"127.0.0.1:3\", "
+                                 "preview_listen: \"127.0.0.1:2\"}\n",
+                   "t.yml:4:74: targets[2].preview_listen: 127.0.0.1:2 is already "
+                   "targets[0].preview_listen");
+    s_expect_error("targets:\n  - {name: t, type: local_static, listen: \"127.0.0.1:8700\", "
+                   "preview_listen: \"127.0.0.1:1\"}\n",
+                   "t.yml:2:43: targets[0].listen: 127.0.0.1:8700 is already gateway.listen");
+    s_expect_error("targets:\n  - {name: t, type: local_command, stage_command: s, "
+                   "promote_command: p, check: {dns_expect: 1.2.3.4}}\n",
+                   "t.yml:2:94: targets[0].check.dns_expect: dns_expect needs check.dns_name");
+    s_expect_error("channels:\n  - {name: c, type: file}\n",
+                   "t.yml:2:5: channels[0]: a file channel needs \"path\"");
+    s_expect_error("channels:\n  - {name: c, type: webhook, secret: s}\n",
+                   "t.yml:2:5: channels[0]: a webhook channel needs \"url\"");
+
+    /* the same address on another host, or on another target type, is fine */
+    sn_config_t cfg;
+    const char *ok = "targets:\n"
+                     "  - {name: a, type: local_static, listen: \"127.0.0.1:1\", preview_listen: "
+                     "\"127.0.0.1:2\"}\n"
+                     "  - {name: b, type: local_static, host: h2, listen: \"127.0.0.1:1\", "
+                     "preview_listen: \"127.0.0.1:2\"}\n"
+                     "  - {name: c, type: local_command, stage_command: s, promote_command: p, "
+                     "url: \"http://127.0.0.1:1\"}\n"
+                     "projects:\n"
+                     "  - name: p\n    repo: /r\n    environments:\n"
+                     "      - {name: s, branch: main, targets: [a]}\n"
+                     "      - {name: m, branch: main, promote_from: s, targets: [b, c]}\n"
+                     "      - {name: n, branch: main, promote_from: m}\n";
+    if (s_load(ok, &cfg) != SN_OK)
+        print_error("%s\n", s_err);
+    assert_int_equal(cfg.target_count, 3);
+    assert_string_equal(cfg.projects[0].environments[2].promote_from, "m");
+    sn_config_fini(&cfg);
+}
+
+/* A resolved ${env:...} secret never appears in an error message. */
+static void test_sn_config_secret_not_leaked(void **state)
+{
+    const char *value = "s3cr3t hook/KEY!0123456789";
+    setenv("SN_TEST_CFG_SECRET", value, 1);
+    const char *const bad[] = {
+        /* the channel that holds the secret is itself invalid */
+        "channels:\n  - {name: c, type: webhook, secret: \"${env:SN_TEST_CFG_SECRET}\"}\n",
+        "channels:\n  - {name: c, type: webhook, secret: \"${env:SN_TEST_CFG_SECRET}\", "
+        "url: \"${env:SN_TEST_CFG_SECRET}\"}\n",
+        "channels:\n  - {name: c, type: webhook, secret: \"${env:SN_TEST_CFG_SECRET}\", "
+        "min_severity: \"${env:SN_TEST_CFG_SECRET}\"}\n",
+        "channels:\n  - {name: c, type: webhook, url: \"http://x\", "
+        "secret: \"${env:SN_TEST_CFG_SECRET}\", timeout_ms: \"${env:SN_TEST_CFG_SECRET}\"}\n",
+        "channels:\n  - {name: \"${env:SN_TEST_CFG_SECRET}\", type: log}\n",
+        /* a later error in the same file */
+        "channels:\n  - {name: c, type: webhook, url: \"http://x\", "
+        "secret: \"${env:SN_TEST_CFG_SECRET}\"}\n  - {name: c, type: log}\n",
+        "channels:\n  - {name: c, type: webhook, url: \"http://x\", "
+        "secret: \"${env:SN_TEST_CFG_SECRET}\"}\ngateway:\n  listen: nope\n",
+    };
+    for (size_t i = 0; i < SN_ARRAY_LEN(bad); i++) {
+        sn_config_t cfg;
+        memset(s_err, 0, sizeof s_err);
+        assert_int_equal(s_load(bad[i], &cfg), SN_ERROR);
+        if (strstr(s_err, "s3cr3t"))
+            print_error("case %zu leaked: %s\n", i, s_err);
+        assert_null(strstr(s_err, "s3cr3t"));
+        assert_true(strncmp(s_err, "t.yml:", 6) == 0);
+    }
+    /* and the good case resolves it */
+    sn_config_t cfg;
+    assert_int_equal(s_load("channels:\n  - {name: c, type: webhook, url: \"http://x\", "
+                            "secret: \"${env:SN_TEST_CFG_SECRET}\"}\n",
+                            &cfg),
+                     SN_OK);
+    assert_string_equal(cfg.channels[0].secret, value);
+    sn_config_fini(&cfg);
+    unsetenv("SN_TEST_CFG_SECRET");
+    s_expect_error("channels:\n  - {name: c, type: webhook, url: \"http://x\", "
+                   "secret: \"${env:SN_TEST_CFG_SECRET}\"}\n",
+                   "t.yml:2:55: channels[0].secret: environment variable SN_TEST_CFG_SECRET is "
+                   "not set");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -504,6 +1146,11 @@ int main(void)
         cmocka_unit_test(test_sn_config_env_resolution),
         cmocka_unit_test(test_sn_config_yaml_errors),
         cmocka_unit_test(test_sn_config_hostile_input),
+        cmocka_unit_test(test_sn_config_pipeline_full),
+        cmocka_unit_test(test_sn_config_pipeline_defaults),
+        cmocka_unit_test(test_sn_config_pipeline_value_errors),
+        cmocka_unit_test(test_sn_config_pipeline_cross_errors),
+        cmocka_unit_test(test_sn_config_secret_not_leaked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
