@@ -1,5 +1,10 @@
-/* The product roles served by sentinel-agent. Each agent's roles live in agents/<agent>/
- * and are listed here; the foundation ships none (test roles live under tests/roles/). */
+/* The product roles served by sentinel-agent, one line each; a role's code lives in
+ * agents/<agent>/<role>.c. Test roles live under tests/roles/ (sentinel-test-agent). */
 #include "sentinel/sn_agent.h"
 
-const sn_role_t *const sn_roles[] = {NULL};
+extern const sn_role_t local_deployer_role;
+
+const sn_role_t *const sn_roles[] = {
+    &local_deployer_role,
+    NULL,
+};

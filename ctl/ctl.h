@@ -100,6 +100,11 @@ sn_rpc_t *ctl_rpc_new(const char *cmd, const sn_config_t *cfg);
  * /proc/self/exe. Caller frees. */
 char *ctl_bin_dir(void);
 
+/* `up`, first start: creates each missing project repository that names seed_from (bare,
+ * branches main and staging, a post-receive hook calling `notify push`). False if one
+ * could not be created (each failure is reported on stderr). */
+bool ctl_seed_repos(const sn_config_t *cfg, const char *config_path);
+
 /* Command entry points: @argv[0] is the command name; each returns an exit code. */
 int ctl_cmd_config(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_keygen(ctl_opts_t *opts, int argc, char **argv);
@@ -118,5 +123,6 @@ int ctl_cmd_rollback(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_freeze(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_unfreeze(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_notify(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_audit(ctl_opts_t *opts, int argc, char **argv);
 
 #endif

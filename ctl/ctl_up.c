@@ -3,8 +3,11 @@
  * broker (waits until its rpc endpoint accepts connections), then every configured agent
  * process — and keeps it running: a child that dies is logged with its status and started
  * again after an exponential backoff with jitter, reset once the child has stayed up for
- * a while. SIGINT, SIGTERM or SIGHUP stop everything in reverse start order (agents, then
- * the broker, then redis), each with SIGTERM and, after runtime.shutdown_grace_ms,
+ * a while. When the config has local_static targets on this host, nginx is started after
+ * the broker with a configuration generated from the targets (ctl_nginx.c), before the
+ * agents, so a site is served whatever happens to local-deployer. SIGINT, SIGTERM or
+ * SIGHUP stop everything in reverse start order (agents, the broker, nginx, then redis),
+ * each with SIGTERM and, after runtime.shutdown_grace_ms,
  * SIGKILL; a second signal skips the grace. Then it exits 0.
  *
  * Signals arrive on a signalfd; the loop is poll() on it with a timeout bounded by the
@@ -14,6 +17,7 @@
  * children in order) and is signalled as a group, so its own children go too. Children
  * inherit stdout and stderr: their lines (one per event) pass straight through. */
 #include "ctl.h"
+#include "ctl_nginx.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,6 +45,7 @@
 
 #define CTL_UP_REDIS_READY_MS 10000  /* deadline for the first PING answer */
 #define CTL_UP_BROKER_READY_MS 10000 /* deadline for the rpc endpoint to accept */
+#define CTL_UP_NGINX_READY_MS 10000  /* deadline for every site address to accept */
 #define CTL_UP_READY_POLL_MS 20      /* how often a readiness check is retried */
 #define CTL_UP_BACKOFF_BASE_MS 250
 #define CTL_UP_BACKOFF_CAP_MS 30000
@@ -48,7 +53,13 @@
 #define CTL_UP_KILL_WAIT_MS 5000 /* after SIGKILL, how long to wait for the reaping */
 #define CTL_UP_IDLE_POLL_MS 1000
 
-typedef enum { CTL_CHILD_REDIS = 0, CTL_CHILD_BROKER, CTL_CHILD_AGENT } ctl_child_kind_t;
+/* In stop order, last first: s_stop_all stops the kinds from the highest down. */
+typedef enum {
+    CTL_CHILD_REDIS = 0,
+    CTL_CHILD_NGINX,
+    CTL_CHILD_BROKER,
+    CTL_CHILD_AGENT
+} ctl_child_kind_t;
 
 typedef struct {
     char *name; /* "redis", "broker", "agent/<role>-<i>" */
@@ -65,6 +76,7 @@ typedef struct {
     sn_config_t cfg;
     char *config_path; /* absolute */
     char *redis_sock;  /* embedded only */
+    char *host;        /* this host, for the local_static targets nginx serves */
     ctl_child_t *children;
     size_t child_count;
     int sfd; /* signalfd: SIGCHLD, SIGINT, SIGTERM, SIGHUP */
@@ -90,6 +102,7 @@ static void s_stop_all(ctl_sup_t *sup);
 static void s_free(ctl_sup_t *sup);
 static bool s_redis_ready(ctl_sup_t *sup);
 static bool s_broker_ready(ctl_sup_t *sup);
+static bool s_nginx_ready(ctl_sup_t *sup);
 static char *s_find_binary(const char *env, const char *name, bool is_in_bin_dir);
 static sn_rc_t s_mkdirs(const char *path, mode_t mode);
 static void s_describe_status(int status, char *buf, size_t len);
@@ -140,12 +153,15 @@ static void s_help(void)
            "Runs the mesh of FILE (default: -c or $SENTINEL_CONFIG, else %s) in the\n"
            "foreground and supervises it: with `redis: embedded` a private redis-server on\n"
            "<state_dir>/redis.sock (AOF, appendfsync always, noeviction, no TCP), then\n"
-           "sentinel-broker, then every `processes:` entry as sentinel-agent ROLE\n"
-           "--instance ROLE-<i>. Dead children are restarted with backoff. SIGINT/SIGTERM\n"
-           "stop all in reverse order (grace: runtime.shutdown_grace_ms) and exit 0.\n\n"
+           "sentinel-broker, then nginx when there are local_static targets (config in\n"
+           "<state_dir>/nginx/nginx.conf), then every `processes:` entry as sentinel-agent\n"
+           "ROLE --instance ROLE-<i>. Dead children are restarted with backoff.\n"
+           "SIGINT/SIGTERM stop all in reverse order (grace: runtime.shutdown_grace_ms) and\n"
+           "exit 0.\n\n"
            "environment: SENTINEL_BIN_DIR (where sentinel-broker and sentinel-agent are;\n"
            "default: next to sentinelctl), SENTINEL_BROKER_BIN, SENTINEL_AGENT_BIN,\n"
-           "SENTINEL_REDIS_SERVER (default: redis-server from PATH).\n",
+           "SENTINEL_REDIS_SERVER (default: redis-server from PATH), SENTINEL_NGINX (default:\n"
+           "nginx from PATH or /usr/sbin), SENTINEL_HOST (this host's name for targets).\n",
            CTL_DEFAULT_UP_CONFIG);
 }
 
@@ -184,6 +200,8 @@ static int s_run(ctl_sup_t *sup)
             w = s_wait_ready(sup, child, s_redis_ready, CTL_UP_REDIS_READY_MS);
         else if (child->kind == CTL_CHILD_BROKER)
             w = s_wait_ready(sup, child, s_broker_ready, CTL_UP_BROKER_READY_MS);
+        else if (child->kind == CTL_CHILD_NGINX)
+            w = s_wait_ready(sup, child, s_nginx_ready, CTL_UP_NGINX_READY_MS);
         if (w == CTL_WAIT_FAILED) {
             rc = CTL_EXIT_FAIL;
             break;
@@ -237,8 +255,11 @@ static sn_rc_t s_prepare(ctl_sup_t *sup)
         return SN_ERROR;
     }
     free(lock_path);
+    if (!ctl_seed_repos(cfg, sup->config_path))
+        return SN_ERROR;
 
-    char *redis_bin = NULL, *broker_bin = NULL, *agent_bin = NULL;
+    char *redis_bin = NULL, *broker_bin = NULL, *agent_bin = NULL, *nginx_bin = NULL;
+    ctl_nginx_t nginx = {0};
     sn_rc_t rc = SN_ERROR;
     if (cfg->redis.embedded) {
         redis_bin = s_find_binary("SENTINEL_REDIS_SERVER", "redis-server", false);
@@ -268,7 +289,23 @@ static sn_rc_t s_prepare(ctl_sup_t *sup)
         }
     }
 
-    size_t total = 2;
+    sup->host = ctl_nginx_host();
+    bool has_sites = ctl_nginx_is_needed(cfg, sup->host);
+    if (has_sites) {
+        nginx_bin = ctl_nginx_find_binary();
+        if (!nginx_bin) {
+            sn_error(LOG_MODULE,
+                     "nginx not found in PATH, /usr/sbin or /usr/local/sbin "
+                     "(apt-get install nginx, or set SENTINEL_NGINX); the config "
+                     "has local_static targets on host %s",
+                     sup->host);
+            goto out;
+        }
+        if (ctl_nginx_write(cfg, sup->host, &nginx) != SN_OK)
+            goto out;
+    }
+
+    size_t total = 3;
     for (size_t i = 0; i < cfg->process_count; i++)
         total += (size_t)(cfg->processes[i].instances > 0 ? cfg->processes[i].instances : 1);
     sup->children = sn_calloc(total, sizeof(ctl_child_t));
@@ -296,6 +333,10 @@ static sn_rc_t s_prepare(ctl_sup_t *sup)
     }
     s_add_child(sup, CTL_CHILD_BROKER, sn_strdup("broker"),
                 s_argv(broker_bin, "--config", sup->config_path, NULL));
+    if (has_sites)
+        s_add_child(
+            sup, CTL_CHILD_NGINX, sn_strdup("nginx"),
+            s_argv(nginx_bin, "-c", nginx.conf, "-p", nginx.prefix, "-e", nginx.error_log, NULL));
     for (size_t i = 0; i < cfg->process_count; i++) {
         const sn_process_config_t *p = &cfg->processes[i];
         int n = p->instances > 0 ? p->instances : 1;
@@ -312,6 +353,8 @@ out:
     free(redis_bin);
     free(broker_bin);
     free(agent_bin);
+    free(nginx_bin);
+    ctl_nginx_fini(&nginx);
     return rc;
 }
 
@@ -561,6 +604,7 @@ static void s_free(ctl_sup_t *sup)
     }
     free(sup->children);
     free(sup->redis_sock);
+    free(sup->host);
     free(sup->config_path);
     if (sup->sfd >= 0)
         close(sup->sfd);
@@ -584,6 +628,12 @@ static bool s_redis_ready(ctl_sup_t *sup)
     if (c)
         redisFree(c);
     return ok;
+}
+
+/* Every live and preview address of this host's local_static targets accepts. */
+static bool s_nginx_ready(ctl_sup_t *sup)
+{
+    return ctl_nginx_is_ready(&sup->cfg, sup->host);
 }
 
 /* The broker's rpc endpoint accepts a connection: a TCP or unix connect that succeeds

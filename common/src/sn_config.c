@@ -307,6 +307,7 @@ static const s_field_t s_project_rows[] = {
     S_ROW_NAME(sn_project_config_t),
     S_ROW_ENUM(sn_project_config_t, source_type, "source_type", s_source_types, "local"),
     S_ROW_STR(sn_project_config_t, repo, "repo", NULL, false),
+    S_ROW_STR(sn_project_config_t, seed_from, "seed_from", NULL, false),
     S_ROW_DUR(sn_project_config_t, poll_interval_ms, "poll_interval_ms", 1, 0, S_DAY_MS, "5000"),
     S_ROW_LIST(sn_project_config_t, build_steps, "build_steps", NULL, false),
     S_ROW_CHECKED(sn_project_config_t, build_output, "build_output", ".", s_check_relative_path,

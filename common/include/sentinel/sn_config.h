@@ -120,6 +120,9 @@ typedef struct {
     char *name;
     char *source_type;          /* "local" (GitHub comes later) */
     char *repo;                 /* local: path of the git repository */
+    char *seed_from;            /* if repo does not exist, `sentinelctl up` creates it (bare,
+                                   branches main and staging, a post-receive hook) from this
+                                   directory's files; the quick start uses examples/hello-site */
     int poll_interval_ms;       /* ref polling, default 5000; 0 = only notify push */
     char **build_steps;         /* shell commands run in the checkout; NULL-terminated */
     char *build_output;         /* directory (relative to the checkout) that is the artifact */

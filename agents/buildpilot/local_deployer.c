@@ -1,0 +1,1046 @@
+/* local-deployer (BuildPilot): releases on this host. It serves deploy.local.<host> with
+ * DeployRequest ops for the targets whose `host` is this host (or empty):
+ *
+ *  - stage: extract the artifact into <state_dir>/sites/<target>/releases/<deploy-id>/
+ *    (through a temp dir renamed into place, so a release dir is always whole), write
+ *    its identity at .well-known/sentinel-release.json, point `preview` at it;
+ *  - promote: point `current` at the release and push its identity onto
+ *    release:<project>:<env>:<target> (newest first, at most keep_releases, never twice);
+ *  - rollback: point `current` at to_release_id, or at the release promoted before the
+ *    request's deploy (the next entry of that list).
+ *
+ * Every symlink switch is a new symlink under a temp name renamed over the old one, so
+ * nginx (which serves the sites straight from the filesystem, see ctl/ctl_nginx.c) sees
+ * either the old or the new release, never nothing; killing this process never touches
+ * the site. Ops are idempotent on the deploy id, serialised per target, and run on job
+ * threads. A request whose envelope carries label `job_id` is a ledger job: it is claimed
+ * before any side effect, its lease renewed while a command runs, and it is completed
+ * with the packed DeployResult (a retry of a finished job gets that stored result).
+ *
+ * local_command targets run the user's stage / promote / health / rollback commands with
+ * /bin/sh -c in their own process group (a timeout kills the group), with only
+ * SENTINEL_* variables and PATH in their environment; the artifact is still extracted
+ * into the release dir, which they get as SENTINEL_RELEASE_DIR. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sentinel/sn_agent.h"
+#include "sentinel/sn_artifact.h"
+#include "sentinel/sn_id.h"
+#include "sentinel/sn_json.h"
+#include "sentinel/sn_ledger.h"
+#include "sentinel/sn_log.h"
+#include "sentinel/sn_redis.h"
+
+#define LOG_MODULE "local-deployer"
+#define NAME_MAX_LEN 128
+#define IDENTITY_PATH ".well-known/sentinel-release.json"
+#define IDENTITY_MAX_BYTES (64 * 1024)
+#define DEFAULT_KEEP_RELEASES 5
+#define DEFAULT_COMMAND_TIMEOUT_MS 120000
+#define COMMAND_KILL_GRACE_MS 2000
+#define REDIS_TIMEOUT_MS 2000
+
+/* LPUSH unless an identical entry is already in the list; LTRIM to ARGV[2]. */
+static const char *const s_push_lua =
+    "local items = redis.call('LRANGE', KEYS[1], 0, -1)\n"
+    "for _, v in ipairs(items) do if v == ARGV[1] then return 0 end end\n"
+    "redis.call('LPUSH', KEYS[1], ARGV[1])\n"
+    "redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)\n"
+    "return 1\n";
+
+typedef struct {
+    const sn_target_config_t *cfg; /* borrowed from the runtime's config */
+    pthread_mutex_t mu;            /* one op at a time per target */
+} s_target_t;
+
+typedef struct {
+    const sn_config_t *cfg;
+    char *host;
+    char *instance;
+    char *sites_dir; /* absolute <state_dir>/sites */
+    sn_artifact_t *store;
+    s_target_t *targets;
+    size_t target_count;
+} s_state_t;
+
+/* One op being served (job thread). */
+typedef struct {
+    sn_ctx_t *ctx;
+    s_state_t *st;
+    sn_request_t *req;
+    const Sentinel__V1__DeployRequest *in;
+    const Sentinel__V1__Deploy *dep;
+    const sn_target_config_t *target;
+    char *site_dir;     /* <sites>/<target> */
+    const char *job_id; /* NULL: not a ledger job */
+    uint64_t epoch;
+    int64_t lease_ms;
+    int64_t renewed_ms;
+    bool is_lease_lost;
+    Sentinel__V1__DeployResult *res; /* the reply body (request-owned memory) */
+    Sentinel__V1__Deploy *out;
+} s_op_t;
+
+static sn_rc_t s_init(sn_ctx_t *ctx, void **state);
+static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req);
+static void s_destroy(sn_ctx_t *ctx, void *state);
+static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
+                     const char **nak_reason);
+static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...) SN_PRINTF(3, 4);
+static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len);
+static void s_stage(s_op_t *op);
+static void s_promote(s_op_t *op);
+static void s_rollback(s_op_t *op);
+static bool s_name_is_valid(const char *s);
+static const char *s_shown(const char *name);
+static char *s_release_dir(s_op_t *op, const char *release_id);
+static Sentinel__V1__ReleaseIdentity *s_read_identity(const char *release_dir);
+static sn_rc_t s_write_identity(const char *release_dir,
+                                const Sentinel__V1__ReleaseIdentity *identity);
+static sn_rc_t s_switch_link(const char *site_dir, const char *link, const char *release_id);
+static char *s_read_link(const char *site_dir, const char *link);
+static void s_prune(s_op_t *op);
+static sn_rc_t s_run_command(s_op_t *op, const char *what, const char *command,
+                             const char *release_id, const char *release_dir);
+static void s_renew(s_op_t *op);
+static char *s_list_key(s_op_t *op);
+static sn_rc_t s_list_read(s_op_t *op, Sentinel__V1__ReleaseIdentity ***items, size_t *count);
+static void s_list_free(Sentinel__V1__ReleaseIdentity **items, size_t count);
+static void s_fsync_dir(const char *path);
+static const char *s_url(sn_request_t *req, const char *url, const char *listen);
+
+const sn_role_t local_deployer_role = {
+    .name = "local-deployer",
+    .agent = "BuildPilot",
+    .summary = "stages, promotes and rolls back releases on this host (nginx or commands)",
+    .services = (const char *const[]){"deploy.local.{host}", NULL},
+    .leadership = SN_LEADERSHIP_NONE,
+    .credit = 2,
+    .init = s_init,
+    .on_request = s_request,
+    .destroy = s_destroy,
+};
+
+static sn_rc_t s_init(sn_ctx_t *ctx, void **state)
+{
+    const sn_config_t *cfg = sn_ctx_config(ctx);
+    const char *state_dir = cfg->state_dir ? cfg->state_dir : "./var";
+    char *sites = sn_strdupf("%s/sites", state_dir);
+    char *artifacts =
+        cfg->artifact_dir ? sn_strdup(cfg->artifact_dir) : sn_strdupf("%s/artifacts", state_dir);
+    s_state_t *st = sn_calloc(1, sizeof *st);
+    st->cfg = cfg;
+    st->host = sn_strdup(sn_ctx_host(ctx));
+    st->instance = sn_strdup(sn_ctx_instance(ctx));
+    st->store = sn_artifact_new(artifacts, sn_ctx_redis(ctx));
+    /* The store created state_dir if needed; sites lives next to it. */
+    char abs[PATH_MAX];
+    if (st->store && (mkdir(sites, 0755) == 0 || errno == EEXIST) && realpath(sites, abs))
+        st->sites_dir = sn_strdup(abs);
+    else
+        sn_error(LOG_MODULE, "cannot use sites dir %s or artifact dir %s: %s", sites, artifacts,
+                 strerror(errno));
+    free(sites);
+    free(artifacts);
+    st->target_count = cfg->target_count;
+    st->targets = sn_calloc(cfg->target_count ? cfg->target_count : 1, sizeof *st->targets);
+    size_t mine = 0;
+    for (size_t i = 0; i < cfg->target_count; i++) {
+        st->targets[i].cfg = &cfg->targets[i];
+        pthread_mutex_init(&st->targets[i].mu, NULL);
+        const char *h = cfg->targets[i].host;
+        mine += !h || !*h || strcmp(h, st->host) == 0;
+    }
+    *state = st;
+    if (!st->sites_dir)
+        return SN_ERROR;
+    sn_info(LOG_MODULE, "serving host=%s targets=%zu sites=%s artifacts=%s", st->host, mine,
+            st->sites_dir, sn_artifact_dir(st->store));
+    return SN_OK;
+}
+
+static void s_destroy(sn_ctx_t *ctx, void *state)
+{
+    s_state_t *st = state;
+    if (!st)
+        return;
+    for (size_t i = 0; i < st->target_count; i++)
+        pthread_mutex_destroy(&st->targets[i].mu);
+    free(st->targets);
+    sn_artifact_destroy(&st->store);
+    free(st->sites_dir);
+    free(st->host);
+    free(st->instance);
+    free(st);
+}
+
+static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
+{
+    const sn_envelope_t *env = sn_request_envelope(req);
+    if (env->body_case != SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST || !env->deploy_request) {
+        sn_info(LOG_MODULE, "refused request: body is not a deploy_request");
+        sn_request_nak(ctx, req, "invalid");
+        return;
+    }
+    sn_request_defer(ctx, req, s_job, state);
+}
+
+/* ---- the job ----------------------------------------------------------------------------- */
+
+static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_envelope_t *reply,
+                     const char **nak_reason)
+{
+    sn_request_t *req = (sn_request_t *)creq;
+    s_state_t *st = state;
+    const sn_envelope_t *env = sn_request_envelope(req);
+    const Sentinel__V1__DeployRequest *in = env->deploy_request;
+    static Sentinel__V1__Deploy s_empty = SENTINEL__V1__DEPLOY__INIT;
+    s_op_t op = {.ctx = ctx, .st = st, .req = req, .in = in};
+    op.dep = in->deploy ? in->deploy : &s_empty;
+    op.res = sn_request_alloc(req, sizeof *op.res);
+    sentinel__v1__deploy_result__init(op.res);
+    op.out = sn_request_alloc(req, sizeof *op.out);
+    *op.out = *op.dep; /* shallow: the strings live in the request envelope */
+    op.res->deploy = op.out;
+    op.res->ok = true;
+    reply->type = "deploy.result";
+    reply->body_case = SENTINEL__V1__ENVELOPE__BODY_DEPLOY_RESULT;
+    reply->deploy_result = op.res;
+    const char *opname = in->op && *in->op ? in->op : "";
+    int64_t t0 = sn_mono_ms();
+
+    /* A ledger job is claimed before anything else happens. */
+    const char *job_id = sn_envelope_label(env, "job_id");
+    if (job_id) {
+        if (!sn_ledger_id_is_valid(job_id)) {
+            s_fail(&op, false, "malformed job id");
+            goto log;
+        }
+        Sentinel__V1__JobSpec *spec = NULL;
+        sn_rc_t rc = sn_ledger_claim(sn_ctx_ledger(ctx), job_id, st->instance, 0, &op.epoch, &spec);
+        if (rc == SN_OK) {
+            op.job_id = job_id;
+            op.lease_ms = spec && spec->lease_ms > 0 ? spec->lease_ms : 30000;
+            op.renewed_ms = sn_mono_ms();
+            sn_ledger_spec_free(&spec);
+        } else {
+            sn_ledger_job_t job = {0};
+            bool has_job =
+                rc == SN_DECLINED && sn_ledger_get(sn_ctx_ledger(ctx), job_id, &job) == SN_OK;
+            if (has_job && job.state == SN_JOB_DONE && job.result_len > 0 &&
+                s_answer_stored(&op, job.result, job.result_len)) {
+                /* Finished before (a retry after a lost reply): answer what it answered. */
+                sn_ledger_job_fini(&job);
+                sn_info(LOG_MODULE, "%s job=%s already done: answered its stored result", opname,
+                        job_id);
+                return SN_OK;
+            }
+            if (has_job)
+                s_fail(&op, job.state == SN_JOB_CLAIMED, "job %s is %s%s%s", job_id,
+                       sn_job_state_str(job.state), job.state == SN_JOB_CLAIMED ? " by " : "",
+                       job.state == SN_JOB_CLAIMED && job.owner ? job.owner : "");
+            else
+                s_fail(&op, rc == SN_AGAIN, "cannot claim job %s: %s", job_id,
+                       rc == SN_AGAIN ? "redis unavailable" : "unknown job");
+            if (has_job)
+                sn_ledger_job_fini(&job);
+            goto log;
+        }
+    }
+
+    /* Validation: everything that names a path is checked before it is used. */
+    const char *tname = op.dep->target;
+    if (strcmp(opname, "stage") != 0 && strcmp(opname, "promote") != 0 &&
+        strcmp(opname, "rollback") != 0) {
+        s_fail(&op, false, "unknown op '%s' (stage, promote, rollback)", s_shown(opname));
+    } else if (!in->deploy) {
+        s_fail(&op, false, "missing deploy");
+    } else if (!s_name_is_valid(op.dep->deploy_id) &&
+               !(strcmp(opname, "rollback") == 0 && !*op.dep->deploy_id)) {
+        s_fail(&op, false, "invalid deploy id");
+    } else if (!s_name_is_valid(tname)) {
+        s_fail(&op, false, "invalid target name");
+    } else if (!s_name_is_valid(op.dep->project) || !s_name_is_valid(op.dep->environment)) {
+        s_fail(&op, false, "invalid project or environment");
+    } else {
+        s_target_t *t = NULL;
+        for (size_t i = 0; i < st->target_count && !t; i++)
+            if (st->targets[i].cfg->name && strcmp(st->targets[i].cfg->name, tname) == 0)
+                t = &st->targets[i];
+        const char *type = t && t->cfg->type ? t->cfg->type : "";
+        if (!t) {
+            s_fail(&op, false, "unknown target '%s'", tname);
+        } else if (t->cfg->host && *t->cfg->host && strcmp(t->cfg->host, st->host) != 0) {
+            s_fail(&op, false, "target '%s' is served on host %s, not %s", tname, t->cfg->host,
+                   st->host);
+        } else if (strcmp(type, "local_static") != 0 && strcmp(type, "local_command") != 0) {
+            s_fail(&op, false, "target '%s' has type '%s', not local_static or local_command",
+                   tname, type);
+        } else {
+            op.target = t->cfg;
+            op.site_dir = sn_strdupf("%s/%s", st->sites_dir, tname);
+            op.out->provider = (char *)type;
+            pthread_mutex_lock(&t->mu);
+            if (mkdir(op.site_dir, 0755) != 0 && errno != EEXIST) {
+                s_fail(&op, true, "cannot create %s: %s", op.site_dir, strerror(errno));
+            } else {
+                char *rel = sn_strdupf("%s/releases", op.site_dir);
+                if (mkdir(rel, 0755) != 0 && errno != EEXIST)
+                    s_fail(&op, true, "cannot create %s: %s", rel, strerror(errno));
+                free(rel);
+            }
+            if (op.res->ok) {
+                if (strcmp(opname, "stage") == 0)
+                    s_stage(&op);
+                else if (strcmp(opname, "promote") == 0)
+                    s_promote(&op);
+                else
+                    s_rollback(&op);
+            }
+            if (op.res->ok)
+                s_prune(&op);
+            pthread_mutex_unlock(&t->mu);
+        }
+    }
+    op.out->finished_unix_ms = sn_wall_ms();
+    if (!op.res->ok && op.out->phase != SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED) {
+        op.out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED;
+        op.out->error = op.res->reason;
+    }
+
+    if (op.job_id) {
+        size_t len = sentinel__v1__deploy_result__get_packed_size(op.res);
+        uint8_t *bytes = sn_malloc(len ? len : 1);
+        sentinel__v1__deploy_result__pack(op.res, bytes);
+        sn_rc_t rc =
+            sn_ledger_complete(sn_ctx_ledger(ctx), op.job_id, op.epoch, op.res->ok, bytes, len);
+        free(bytes);
+        if (rc != SN_OK)
+            sn_warn(LOG_MODULE, "%s job=%s epoch=%llu not completed: %s (lease lapsed?)", opname,
+                    op.job_id, (unsigned long long)op.epoch, sn_rc_str(rc));
+    }
+log:
+    free(op.site_dir);
+    /* Only validated names reach the log line (no injected spaces or newlines). */
+    opname = strcmp(opname, "stage") == 0 || strcmp(opname, "promote") == 0 ||
+                     strcmp(opname, "rollback") == 0
+                 ? opname
+                 : "unknown-op";
+    if (job_id && !sn_ledger_id_is_valid(job_id))
+        job_id = "(invalid)";
+    if (op.res->ok)
+        sn_info(LOG_MODULE, "%s ok target=%s deploy=%s release=%s previous=%s job=%s ms=%lld",
+                opname, s_shown(op.dep->target), s_shown(op.dep->deploy_id),
+                op.out->release_id ? op.out->release_id : "",
+                op.out->previous_release_id ? op.out->previous_release_id : "",
+                job_id ? job_id : "-", (long long)(sn_mono_ms() - t0));
+    else
+        sn_warn(LOG_MODULE, "%s failed target=%s deploy=%s job=%s transient=%d reason=%s", opname,
+                s_shown(op.dep->target), s_shown(op.dep->deploy_id), job_id ? job_id : "-",
+                op.res->is_transient, op.res->reason);
+    (void)nak_reason;
+    return SN_OK;
+}
+
+/* Marks the result failed with a reason (request-owned copy). */
+static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    op->res->ok = false;
+    op->res->is_transient = is_transient;
+    op->res->reason = sn_request_strdup(op->req, buf);
+}
+
+/* Fills the reply from a DeployResult stored with a finished job. False if unreadable. */
+static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len)
+{
+    Sentinel__V1__DeployResult *done = sentinel__v1__deploy_result__unpack(NULL, len, bytes);
+    if (!done)
+        return false;
+    op->res->ok = done->ok;
+    op->res->is_transient = done->is_transient;
+    if (done->reason && *done->reason)
+        op->res->reason = sn_request_strdup(op->req, done->reason);
+    const Sentinel__V1__Deploy *d = done->deploy;
+    if (d) {
+        op->out->phase = d->phase;
+        op->out->preview_url = sn_request_strdup(op->req, d->preview_url);
+        op->out->live_url = sn_request_strdup(op->req, d->live_url);
+        op->out->release_id = sn_request_strdup(op->req, d->release_id);
+        op->out->previous_release_id = sn_request_strdup(op->req, d->previous_release_id);
+        op->out->error = sn_request_strdup(op->req, d->error);
+        op->out->staged_unix_ms = d->staged_unix_ms;
+        op->out->promoted_unix_ms = d->promoted_unix_ms;
+        op->out->finished_unix_ms = d->finished_unix_ms;
+    }
+    sentinel__v1__deploy_result__free_unpacked(done, NULL);
+    return true;
+}
+
+/* ---- ops --------------------------------------------------------------------------------- */
+
+static bool s_same_identity(const Sentinel__V1__ReleaseIdentity *a, const Sentinel__V1__Deploy *d,
+                            const char *commit)
+{
+    return a && strcmp(a->deploy_id, d->deploy_id) == 0 && strcmp(a->commit, commit) == 0 &&
+           strcmp(a->project, d->project) == 0 && strcmp(a->environment, d->environment) == 0 &&
+           strcmp(a->target, d->target) == 0;
+}
+
+static void s_stage(s_op_t *op)
+{
+    const Sentinel__V1__Deploy *d = op->dep;
+    const char *commit = op->in->commit ? op->in->commit : "";
+    const char *sha = op->in->artifact_sha256;
+    char *dir = s_release_dir(op, d->deploy_id);
+    char *tmp = NULL;
+    Sentinel__V1__ReleaseIdentity *have = s_read_identity(dir);
+    bool is_local_command = strcmp(op->target->type, "local_command") == 0;
+    struct stat sb;
+    if (have) {
+        if (!s_same_identity(have, d, commit)) {
+            s_fail(op, false, "release %s exists with another identity", d->deploy_id);
+            goto out;
+        }
+        /* Already staged (a retry): make sure preview points at it, answer ok. */
+    } else if (lstat(dir, &sb) == 0) {
+        s_fail(op, false, "release dir %s exists without an identity", d->deploy_id);
+        goto out;
+    } else {
+        if (!sn_artifact_sha_is_valid(sha)) {
+            s_fail(op, false, "invalid artifact sha256");
+            goto out;
+        }
+        if (!sn_artifact_exists(op->st->store, sha)) {
+            s_fail(op, false, "artifact %s is not in the store", sha);
+            goto out;
+        }
+        char rnd[17];
+        sn_random_hex(rnd, 8);
+        tmp = sn_strdupf("%s/releases/.stage-%s-%s", op->site_dir, d->deploy_id, rnd);
+        sn_rc_t rc = sn_artifact_extract(op->st->store, sha, tmp);
+        if (rc != SN_OK) {
+            s_fail(op, rc == SN_AGAIN,
+                   rc == SN_DECLINED ? "artifact %s is not in the store"
+                   : rc == SN_AGAIN  ? "artifact %s could not be read"
+                                     : "artifact %s is corrupted or unsafe (refused)",
+                   sha);
+            goto out;
+        }
+        Sentinel__V1__ReleaseIdentity id = SENTINEL__V1__RELEASE_IDENTITY__INIT;
+        id.deploy_id = d->deploy_id;
+        id.run_id = d->run_id;
+        id.commit = (char *)commit;
+        id.project = d->project;
+        id.environment = d->environment;
+        id.target = d->target;
+        id.created_unix_ms = sn_wall_ms();
+        if (s_write_identity(tmp, &id) != SN_OK) {
+            s_fail(op, true, "cannot write the release identity");
+            goto out;
+        }
+        if (rename(tmp, dir) != 0) {
+            s_fail(op, true, "cannot move release into place: %s", strerror(errno));
+            goto out;
+        }
+        free(tmp);
+        tmp = NULL;
+        char *releases = sn_strdupf("%s/releases", op->site_dir);
+        s_fsync_dir(releases);
+        free(releases);
+        if (is_local_command && op->target->stage_command && *op->target->stage_command &&
+            s_run_command(op, "stage", op->target->stage_command, d->deploy_id, dir) != SN_OK) {
+            /* Nothing half-staged stays behind: a retry stages again. */
+            if (sn_artifact_rmtree(dir) != SN_OK)
+                sn_warn(LOG_MODULE, "cannot remove failed release %s", dir);
+            goto out;
+        }
+    }
+    if (!is_local_command) {
+        if (s_switch_link(op->site_dir, "preview", d->deploy_id) != SN_OK) {
+            s_fail(op, true, "cannot switch the preview link");
+            goto out;
+        }
+        op->out->preview_url =
+            (char *)s_url(op->req, op->target->preview_url, op->target->preview_listen);
+    } else if (op->target->preview_url) {
+        op->out->preview_url = op->target->preview_url;
+    }
+    op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_STAGED;
+    op->out->release_id = d->deploy_id;
+    op->out->staged_unix_ms = have ? have->created_unix_ms : sn_wall_ms();
+out:
+    if (tmp && sn_artifact_rmtree(tmp) != SN_OK)
+        sn_warn(LOG_MODULE, "cannot remove %s", tmp);
+    if (have)
+        sentinel__v1__release_identity__free_unpacked(have, NULL);
+    free(tmp);
+    free(dir);
+}
+
+/* Finds @release_id in the list; its index or -1. */
+static long s_list_find(Sentinel__V1__ReleaseIdentity **items, size_t count, const char *id)
+{
+    for (size_t i = 0; i < count; i++)
+        if (id && strcmp(items[i]->deploy_id, id) == 0)
+            return (long)i;
+    return -1;
+}
+
+static void s_promote(s_op_t *op)
+{
+    const Sentinel__V1__Deploy *d = op->dep;
+    bool is_local_command = strcmp(op->target->type, "local_command") == 0;
+    char *dir = s_release_dir(op, d->deploy_id);
+    Sentinel__V1__ReleaseIdentity *id = s_read_identity(dir);
+    char *current = s_read_link(op->site_dir, "current");
+    Sentinel__V1__ReleaseIdentity **items = NULL;
+    size_t count = 0;
+    char *key = NULL;
+    uint8_t *packed = NULL;
+    if (!id || strcmp(id->deploy_id, d->deploy_id) != 0) {
+        s_fail(op, false, "release %s is not staged here", d->deploy_id);
+        goto out;
+    }
+    bool is_live = current && strcmp(current, d->deploy_id) == 0;
+    if (is_local_command && !is_live) {
+        if (op->target->promote_command && *op->target->promote_command &&
+            s_run_command(op, "promote", op->target->promote_command, d->deploy_id, dir) != SN_OK)
+            goto out;
+        if (op->target->health_command && *op->target->health_command &&
+            s_run_command(op, "health", op->target->health_command, d->deploy_id, dir) != SN_OK)
+            goto out;
+    }
+    if (!is_live && s_switch_link(op->site_dir, "current", d->deploy_id) != SN_OK) {
+        s_fail(op, true, "cannot switch the current link");
+        goto out;
+    }
+    /* The history: pushed once per deploy id (the script compares whole entries, and an
+     * identity's bytes never change once staged). */
+    size_t len = sentinel__v1__release_identity__get_packed_size(id);
+    packed = sn_malloc(len ? len : 1);
+    sentinel__v1__release_identity__pack(id, packed);
+    key = s_list_key(op);
+    int keep = op->target->keep_releases > 0 ? op->target->keep_releases : DEFAULT_KEEP_RELEASES;
+    char keep_s[16];
+    snprintf(keep_s, sizeof keep_s, "%d", keep);
+    const char *argv[] = {"EVAL", s_push_lua, "1", key, (const char *)packed, keep_s};
+    size_t lens[] = {4, strlen(s_push_lua), 1, strlen(key), len, strlen(keep_s)};
+    redisReply *r = NULL;
+    sn_rc_t rc =
+        sn_redis_cmd(sn_ctx_redis(op->ctx), SN_REDIS_MAIN, REDIS_TIMEOUT_MS, &r, 6, argv, lens);
+    bool is_pushed = rc == SN_OK && r->type == REDIS_REPLY_INTEGER;
+    if (r && r->type == REDIS_REPLY_ERROR)
+        sn_error(LOG_MODULE, "release history push refused: %s", r->str);
+    if (r)
+        freeReplyObject(r);
+    if (!is_pushed) {
+        s_fail(op, true, "release %s is live but not recorded in the history (redis)",
+               d->deploy_id);
+        goto out;
+    }
+    /* previous_release_id: what was live before, or (on a retry, when we are live
+     * already) the entry after ours in the history. */
+    if (current && !is_live) {
+        op->out->previous_release_id = sn_request_strdup(op->req, current);
+    } else if (s_list_read(op, &items, &count) == SN_OK) {
+        long at = s_list_find(items, count, d->deploy_id);
+        if (at >= 0 && (size_t)at + 1 < count)
+            op->out->previous_release_id = sn_request_strdup(op->req, items[at + 1]->deploy_id);
+    }
+    op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_LIVE;
+    op->out->release_id = d->deploy_id;
+    op->out->promoted_unix_ms = sn_wall_ms();
+    op->out->live_url = (char *)s_url(op->req, op->target->url, op->target->listen);
+out:
+    s_list_free(items, count);
+    free(packed);
+    free(key);
+    free(current);
+    if (id)
+        sentinel__v1__release_identity__free_unpacked(id, NULL);
+    free(dir);
+}
+
+static void s_rollback(s_op_t *op)
+{
+    const Sentinel__V1__Deploy *d = op->dep;
+    const char *to = op->in->to_release_id;
+    bool is_local_command = strcmp(op->target->type, "local_command") == 0;
+    char *current = s_read_link(op->site_dir, "current");
+    Sentinel__V1__ReleaseIdentity **items = NULL;
+    size_t count = 0;
+    char *dir = NULL;
+    char *target = NULL;
+    if (to && *to) {
+        if (!s_name_is_valid(to)) {
+            s_fail(op, false, "invalid to_release_id");
+            goto out;
+        }
+        target = sn_strdup(to);
+    } else {
+        sn_rc_t rc = s_list_read(op, &items, &count);
+        if (rc != SN_OK) {
+            s_fail(op, rc == SN_AGAIN, "cannot read the release history");
+            goto out;
+        }
+        /* Back from the request's deploy (a retry lands on the same release), or from
+         * what is live when the request names no deploy. */
+        const char *from = d->deploy_id && *d->deploy_id ? d->deploy_id : current;
+        long at = s_list_find(items, count, from);
+        if (at >= 0 && (size_t)at + 1 < count) {
+            target = sn_strdup(items[at + 1]->deploy_id);
+        } else if (at < 0 && from && current && strcmp(from, current) == 0 && count > 0 &&
+                   strcmp(items[0]->deploy_id, from) != 0) {
+            /* Live but never recorded (promote failed half-way): back to the newest. */
+            target = sn_strdup(items[0]->deploy_id);
+        } else if (at < 0 && d->deploy_id && *d->deploy_id &&
+                   !(current && strcmp(current, d->deploy_id) == 0)) {
+            /* That deploy never went live: nothing to undo. */
+            op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLED_BACK;
+            op->out->release_id = current ? sn_request_strdup(op->req, current) : "";
+            op->out->live_url = (char *)s_url(op->req, op->target->url, op->target->listen);
+            goto out;
+        } else {
+            s_fail(op, false, "no release before %s in the history",
+                   from ? from : "(nothing live)");
+            goto out;
+        }
+    }
+    dir = s_release_dir(op, target);
+    Sentinel__V1__ReleaseIdentity *id = s_read_identity(dir);
+    bool is_there = id && strcmp(id->deploy_id, target) == 0;
+    if (id)
+        sentinel__v1__release_identity__free_unpacked(id, NULL);
+    if (!is_there) {
+        s_fail(op, false, "release %s is no longer on this host", target);
+        goto out;
+    }
+    bool is_live = current && strcmp(current, target) == 0;
+    if (is_local_command && !is_live) {
+        if (op->target->rollback_command && *op->target->rollback_command &&
+            s_run_command(op, "rollback", op->target->rollback_command, target, dir) != SN_OK)
+            goto out;
+        if (op->target->health_command && *op->target->health_command &&
+            s_run_command(op, "health", op->target->health_command, target, dir) != SN_OK)
+            goto out;
+    }
+    if (!is_live && s_switch_link(op->site_dir, "current", target) != SN_OK) {
+        s_fail(op, true, "cannot switch the current link");
+        goto out;
+    }
+    op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLED_BACK;
+    op->out->release_id = sn_request_strdup(op->req, target);
+    if (current && !is_live)
+        op->out->previous_release_id = sn_request_strdup(op->req, current);
+    op->out->live_url = (char *)s_url(op->req, op->target->url, op->target->listen);
+out:
+    s_list_free(items, count);
+    free(target);
+    free(dir);
+    free(current);
+}
+
+/* ---- files ------------------------------------------------------------------------------- */
+
+/* 1..128 characters of [A-Za-z0-9._-], not starting with '.': safe as a path component
+ * and as part of a Redis key. */
+static bool s_name_is_valid(const char *s)
+{
+    if (!s || !*s || s[0] == '.')
+        return false;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok || n >= NAME_MAX_LEN)
+            return false;
+    }
+    return true;
+}
+
+/* @name if it is a valid name, else a placeholder: for log lines. */
+static const char *s_shown(const char *name)
+{
+    return !name || !*name ? "" : s_name_is_valid(name) ? name : "(invalid)";
+}
+
+static char *s_release_dir(s_op_t *op, const char *release_id)
+{
+    return sn_strdupf("%s/releases/%s", op->site_dir, release_id);
+}
+
+static Sentinel__V1__ReleaseIdentity *s_read_identity(const char *release_dir)
+{
+    char *path = sn_strdupf("%s/" IDENTITY_PATH, release_dir);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    free(path);
+    if (fd < 0)
+        return NULL;
+    char *buf = sn_malloc(IDENTITY_MAX_BYTES);
+    ssize_t n = read(fd, buf, IDENTITY_MAX_BYTES);
+    close(fd);
+    Sentinel__V1__ReleaseIdentity *id = NULL;
+    if (n > 0 && n < IDENTITY_MAX_BYTES) {
+        char err[256];
+        id = (Sentinel__V1__ReleaseIdentity *)sn_json_parse_message(
+            &sentinel__v1__release_identity__descriptor, buf, (size_t)n, err, sizeof err);
+        if (!id)
+            sn_warn(LOG_MODULE, "unreadable identity in %s: %s", release_dir, err);
+    }
+    free(buf);
+    return id;
+}
+
+static sn_rc_t s_write_identity(const char *release_dir,
+                                const Sentinel__V1__ReleaseIdentity *identity)
+{
+    int dfd = open(release_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return SN_ERROR;
+    sn_rc_t rc = SN_ERROR;
+    int wk = -1, fd = -1;
+    char *json = sn_json_dumps_message(&identity->base, JSON_COMPACT);
+    if (!json)
+        goto out;
+    if (mkdirat(dfd, ".well-known", 0755) != 0 && errno != EEXIST)
+        goto out;
+    /* O_NOFOLLOW: an artifact may not redirect the identity through a symlink. */
+    wk = openat(dfd, ".well-known", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (wk < 0)
+        goto out;
+    if (unlinkat(wk, "sentinel-release.json", 0) != 0 && errno != ENOENT)
+        goto out;
+    fd = openat(wk, "sentinel-release.json", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                0644);
+    if (fd < 0)
+        goto out;
+    size_t len = strlen(json);
+    json[len] = '\0';
+    if (write(fd, json, len) != (ssize_t)len || write(fd, "\n", 1) != 1 || fsync(fd) != 0)
+        goto out;
+    rc = SN_OK;
+out:
+    if (rc != SN_OK)
+        sn_error(LOG_MODULE, "cannot write %s/" IDENTITY_PATH ": %s", release_dir, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    if (wk >= 0)
+        close(wk);
+    free(json);
+    close(dfd);
+    return rc;
+}
+
+/* Points <site>/<link> at releases/<release_id> atomically: a new symlink under a temp
+ * name, renamed over the old one (rename(2) replaces it in one step). */
+static sn_rc_t s_switch_link(const char *site_dir, const char *link, const char *release_id)
+{
+    char rnd[17];
+    sn_random_hex(rnd, 8);
+    char *target = sn_strdupf("releases/%s", release_id);
+    char *tmp = sn_strdupf("%s/.%s.%s", site_dir, link, rnd);
+    char *path = sn_strdupf("%s/%s", site_dir, link);
+    sn_rc_t rc = SN_OK;
+    if (symlink(target, tmp) != 0 || rename(tmp, path) != 0) {
+        sn_error(LOG_MODULE, "cannot point %s at %s: %s", path, target, strerror(errno));
+        unlink(tmp);
+        rc = SN_AGAIN;
+    } else {
+        s_fsync_dir(site_dir);
+    }
+    free(target);
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+/* The release id <site>/<link> points at (caller frees), or NULL. */
+static char *s_read_link(const char *site_dir, const char *link)
+{
+    char *path = sn_strdupf("%s/%s", site_dir, link);
+    char buf[PATH_MAX];
+    ssize_t n = readlink(path, buf, sizeof buf - 1);
+    free(path);
+    if (n <= 0)
+        return NULL;
+    buf[n] = '\0';
+    const char *slash = strrchr(buf, '/');
+    const char *id = slash ? slash + 1 : buf;
+    return s_name_is_valid(id) ? sn_strdup(id) : NULL;
+}
+
+typedef struct {
+    char *name;
+    int64_t created_ms;
+} s_rel_t;
+
+static int s_rel_newest_first(const void *a, const void *b)
+{
+    const s_rel_t *x = a, *y = b;
+    if (x->created_ms != y->created_ms)
+        return x->created_ms > y->created_ms ? -1 : 1;
+    return strcmp(y->name, x->name);
+}
+
+/* Keeps the newest keep_releases releases and whatever current and preview point at;
+ * removes the rest, and temp dirs of stages that died (we hold the target's lock, so
+ * none of them is in progress). */
+static void s_prune(s_op_t *op)
+{
+    char *releases = sn_strdupf("%s/releases", op->site_dir);
+    DIR *dir = opendir(releases);
+    if (!dir) {
+        free(releases);
+        return;
+    }
+    char *current = s_read_link(op->site_dir, "current");
+    char *preview = s_read_link(op->site_dir, "preview");
+    s_rel_t *rels = NULL;
+    size_t count = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *path = sn_strdupf("%s/%s", releases, e->d_name);
+        if (strncmp(e->d_name, ".stage-", 7) == 0) {
+            if (sn_artifact_rmtree(path) == SN_OK)
+                sn_info(LOG_MODULE, "removed an interrupted stage %s", path);
+        } else if (s_name_is_valid(e->d_name)) {
+            Sentinel__V1__ReleaseIdentity *id = s_read_identity(path);
+            rels = sn_realloc(rels, (count + 1) * sizeof *rels);
+            rels[count].name = sn_strdup(e->d_name);
+            rels[count].created_ms = id ? id->created_unix_ms : 0;
+            count++;
+            if (id)
+                sentinel__v1__release_identity__free_unpacked(id, NULL);
+        }
+        free(path);
+    }
+    closedir(dir);
+    qsort(rels, count, sizeof *rels, s_rel_newest_first);
+    size_t keep =
+        (size_t)(op->target->keep_releases > 0 ? op->target->keep_releases : DEFAULT_KEEP_RELEASES);
+    for (size_t i = 0; i < count; i++) {
+        bool is_pinned = (current && strcmp(rels[i].name, current) == 0) ||
+                         (preview && strcmp(rels[i].name, preview) == 0);
+        if (i >= keep && !is_pinned) {
+            char *path = sn_strdupf("%s/%s", releases, rels[i].name);
+            if (sn_artifact_rmtree(path) == SN_OK)
+                sn_info(LOG_MODULE, "removed old release target=%s release=%s", op->dep->target,
+                        rels[i].name);
+            free(path);
+        }
+        free(rels[i].name);
+    }
+    free(rels);
+    free(current);
+    free(preview);
+    free(releases);
+}
+
+static void s_fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    if (fsync(fd) != 0)
+        sn_warn(LOG_MODULE, "fsync %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+/* @url if set, else http://@listen (request-owned string), else "". */
+static const char *s_url(sn_request_t *req, const char *url, const char *listen)
+{
+    if (url && *url)
+        return url;
+    if (!listen || !*listen)
+        return "";
+    char *s = sn_strdupf("http://%s/", listen);
+    char *out = sn_request_strdup(req, s);
+    free(s);
+    return out;
+}
+
+/* ---- the release history (Redis) ----------------------------------------------------------- */
+
+static char *s_list_key(s_op_t *op)
+{
+    return sn_strdupf("%srelease:%s:%s:%s", sn_redis_ns(sn_ctx_redis(op->ctx)), op->dep->project,
+                      op->dep->environment, op->dep->target);
+}
+
+static sn_rc_t s_list_read(s_op_t *op, Sentinel__V1__ReleaseIdentity ***items, size_t *count)
+{
+    *items = NULL;
+    *count = 0;
+    char *key = s_list_key(op);
+    const char *argv[] = {"LRANGE", key, "0", "-1"};
+    redisReply *r = NULL;
+    sn_rc_t rc =
+        sn_redis_cmd(sn_ctx_redis(op->ctx), SN_REDIS_MAIN, REDIS_TIMEOUT_MS, &r, 4, argv, NULL);
+    free(key);
+    if (rc != SN_OK)
+        return SN_AGAIN;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return SN_ERROR;
+    }
+    *items = sn_calloc(r->elements ? r->elements : 1, sizeof **items);
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        Sentinel__V1__ReleaseIdentity *id =
+            sentinel__v1__release_identity__unpack(NULL, e->len, (const uint8_t *)e->str);
+        if (id)
+            (*items)[(*count)++] = id;
+    }
+    freeReplyObject(r);
+    return SN_OK;
+}
+
+static void s_list_free(Sentinel__V1__ReleaseIdentity **items, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        sentinel__v1__release_identity__free_unpacked(items[i], NULL);
+    free(items);
+}
+
+/* ---- user commands (local_command) ----------------------------------------------------------- */
+
+static void s_renew(s_op_t *op)
+{
+    if (!op->job_id || op->is_lease_lost)
+        return;
+    int64_t now = sn_mono_ms();
+    if (now - op->renewed_ms < op->lease_ms / 3)
+        return;
+    sn_rc_t rc = sn_ledger_renew(sn_ctx_ledger(op->ctx), op->job_id, op->epoch, 0, NULL);
+    if (rc == SN_OK)
+        op->renewed_ms = now;
+    else if (rc == SN_DECLINED)
+        op->is_lease_lost = true;
+}
+
+/* Runs `/bin/sh -c @command` in the release dir, in its own process group, with a
+ * clean environment; a timeout (or shutdown, or a lost lease) kills the group. SN_OK if
+ * it exited 0; otherwise the result is marked failed with the reason. */
+static sn_rc_t s_run_command(s_op_t *op, const char *what, const char *command,
+                             const char *release_id, const char *release_dir)
+{
+    const Sentinel__V1__Deploy *d = op->dep;
+    const char *path_env = getenv("PATH");
+    char *envp[] = {
+        sn_strdupf("PATH=%s", path_env && *path_env ? path_env : "/usr/local/bin:/usr/bin:/bin"),
+        sn_strdupf("SENTINEL_RELEASE_DIR=%s", release_dir),
+        sn_strdupf("SENTINEL_DEPLOY_ID=%s", release_id),
+        sn_strdupf("SENTINEL_COMMIT=%s", op->in->commit ? op->in->commit : ""),
+        sn_strdupf("SENTINEL_ENVIRONMENT=%s", d->environment),
+        sn_strdupf("SENTINEL_PROJECT=%s", d->project),
+        sn_strdupf("SENTINEL_TARGET=%s", d->target),
+        sn_strdupf("SENTINEL_OP=%s", what),
+        NULL,
+    };
+    int timeout_ms = op->target->command_timeout_ms > 0 ? op->target->command_timeout_ms
+                                                        : DEFAULT_COMMAND_TIMEOUT_MS;
+    sn_rc_t rc = SN_ERROR;
+    int64_t t0 = sn_mono_ms();
+    pid_t pid = fork();
+    if (pid < 0) {
+        s_fail(op, true, "%s command: fork: %s", what, strerror(errno));
+        goto out;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0) {
+            dup2(devnull, STDIN_FILENO);
+            close(devnull);
+        }
+        dup2(STDERR_FILENO, STDOUT_FILENO); /* the command's output joins the agent's log */
+        close_range(3, ~0U, 0);
+        if (chdir(release_dir) != 0)
+            _exit(126);
+        char *argv[] = {"sh", "-c", (char *)command, NULL};
+        execve("/bin/sh", argv, envp);
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    int status = 0;
+    int64_t kill_at_ms = 0; /* SIGKILL after the grace, once SIGTERM went out */
+    const char *why = NULL;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid || (w < 0 && errno != EINTR))
+            break;
+        int64_t now = sn_mono_ms();
+        s_renew(op);
+        if (!why) {
+            if (now - t0 >= timeout_ms)
+                why = "timed out";
+            else if (sn_ctx_is_stopping(op->ctx))
+                why = "interrupted by shutdown";
+            else if (op->is_lease_lost)
+                why = "stopped: job lease lost";
+            if (why) {
+                kill(-pid, SIGTERM);
+                kill_at_ms = now + COMMAND_KILL_GRACE_MS;
+            }
+        } else if (now >= kill_at_ms) {
+            kill(-pid, SIGKILL);
+        }
+        if (pidfd >= 0) {
+            struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+            (void)poll(&pfd, 1, 100);
+        } else {
+            struct timespec ts = {0, 20 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+    kill(-pid, SIGKILL); /* anything the command left running in its group */
+    int64_t ms = sn_mono_ms() - t0;
+    if (why) {
+        s_fail(op, !op->is_lease_lost, "%s command %s after %lldms", what, why, (long long)ms);
+    } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        sn_info(LOG_MODULE, "%s command ok target=%s release=%s ms=%lld", what, d->target,
+                release_id, (long long)ms);
+        rc = SN_OK;
+    } else if (WIFEXITED(status)) {
+        s_fail(op, false, "%s command exited with status %d", what, WEXITSTATUS(status));
+    } else {
+        s_fail(op, false, "%s command killed by signal %d", what,
+               WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+out:
+    for (size_t i = 0; envp[i]; i++)
+        free(envp[i]);
+    return rc;
+}
