@@ -3,8 +3,10 @@
 #include "sentinel/sn_agent.h"
 
 extern const sn_role_t local_deployer_role;
+extern const sn_role_t buildpilot_role;
 
 const sn_role_t *const sn_roles[] = {
     &local_deployer_role,
+    &buildpilot_role,
     NULL,
 };

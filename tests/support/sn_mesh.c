@@ -67,14 +67,20 @@ bool sn_mesh_broker_start(sn_mesh_t *self)
 
 size_t sn_mesh_agent(sn_mesh_t *self, const char *role, const char *instance)
 {
+    return sn_mesh_agent_bin(self, "sentinel-test-agent", role, instance);
+}
+
+size_t sn_mesh_agent_bin(sn_mesh_t *self, const char *binary, const char *role,
+                         const char *instance)
+{
     SN_ASSERT(self->agent_count < SN_MESH_MAX_AGENTS);
     sn_mesh_agent_t *a = &self->agents[self->agent_count];
     sn_strlcpy(a->role, role, sizeof a->role);
     sn_strlcpy(a->instance, instance, sizeof a->instance);
     a->log = sn_strdupf("%s/%s.log", self->dir, instance);
-    char *bin = sn_test_bin("sentinel-test-agent");
-    char *argv[] = {bin, (char *)role, "--config", self->config, "--instance", (char *)instance,
-                    NULL};
+    char *bin = sn_test_bin(binary);
+    char *argv[] = {bin,          (char *)role,     "--config", self->config,
+                    "--instance", (char *)instance, NULL};
     a->pid = sn_test_spawn(argv, a->log);
     free(bin);
     SN_ASSERT(a->pid > 0);
@@ -150,7 +156,8 @@ static sn_rc_t s_call(sn_mesh_t *self, const char *service, sn_envelope_t *env, 
     uint8_t *out = NULL;
     size_t out_len = 0;
     sn_nak_reason_t reason = SN_NAK_NONE;
-    sn_rc_t rc = sn_rpc_call(self->client, service, bytes, len, timeout_ms, &out, &out_len, &reason);
+    sn_rc_t rc =
+        sn_rpc_call(self->client, service, bytes, len, timeout_ms, &out, &out_len, &reason);
     free(bytes);
     if (nak)
         *nak = reason;
@@ -160,6 +167,12 @@ static sn_rc_t s_call(sn_mesh_t *self, const char *service, sn_envelope_t *env, 
         *reply = sn_envelope_unpack(out, out_len, SN_MAX_FRAME_BYTES, NULL);
     free(out);
     return rc;
+}
+
+sn_rc_t sn_mesh_call(sn_mesh_t *self, const char *service, sn_envelope_t *env, int timeout_ms,
+                     sn_envelope_t **reply, sn_nak_reason_t *nak)
+{
+    return s_call(self, service, env, timeout_ms, reply, nak);
 }
 
 sn_rc_t sn_mesh_call_note(sn_mesh_t *self, const char *service, const char *text, int64_t n,

@@ -39,8 +39,12 @@ bool sn_mesh_start(sn_mesh_t *self, const char *tag, const char *extra_runtime_y
  * Returns the number of processes that did not exit 0 (agents and broker). */
 int sn_mesh_stop(sn_mesh_t *self);
 
-/* Starts an agent process for @role as @instance; returns its index. */
+/* Starts an agent process of sentinel-test-agent for @role as @instance; returns its
+ * index. */
 size_t sn_mesh_agent(sn_mesh_t *self, const char *role, const char *instance);
+/* The same from built binary @binary (e.g. "sentinel-agent" for the product roles). */
+size_t sn_mesh_agent_bin(sn_mesh_t *self, const char *binary, const char *role,
+                         const char *instance);
 sn_mesh_agent_t *sn_mesh_find(sn_mesh_t *self, const char *instance);
 /* (Re)starts the broker on the same endpoints. */
 bool sn_mesh_broker_start(sn_mesh_t *self);
@@ -52,6 +56,12 @@ bool sn_mesh_wait_service(sn_mesh_t *self, const char *service, int workers, int
  * sn_envelope_free); SN_DECLINED with *nak; SN_AGAIN on timeout. */
 sn_rc_t sn_mesh_call_note(sn_mesh_t *self, const char *service, const char *text, int64_t n,
                           int timeout_ms, sn_envelope_t **reply, sn_nak_reason_t *nak);
+
+/* Calls @service with @env (borrowed; stamped by the caller). SN_OK with *reply (free with
+ * sn_envelope_free; NULL if the reply did not parse); SN_DECLINED with *nak; SN_AGAIN on
+ * timeout. @reply and @nak may be NULL. */
+sn_rc_t sn_mesh_call(sn_mesh_t *self, const char *service, sn_envelope_t *env, int timeout_ms,
+                     sn_envelope_t **reply, sn_nak_reason_t *nak);
 
 /* redis-cli helpers on the mesh's namespace: HGET <ns>key field, GET <ns>key. */
 char *sn_mesh_hget(sn_mesh_t *self, const char *key, const char *field);
