@@ -4,9 +4,11 @@
 
 extern const sn_role_t local_deployer_role;
 extern const sn_role_t buildpilot_role;
+extern const sn_role_t notifier_role;
 
 const sn_role_t *const sn_roles[] = {
     &local_deployer_role,
     &buildpilot_role,
+    &notifier_role,
     NULL,
 };

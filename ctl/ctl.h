@@ -105,6 +105,10 @@ char *ctl_bin_dir(void);
  * could not be created (each failure is reported on stderr). */
 bool ctl_seed_repos(const sn_config_t *cfg, const char *config_path);
 
+/* `up`, once everything started: where the sites, previews and API are, and what to try
+ * next (stderr). */
+void ctl_up_banner(const sn_config_t *cfg, const char *config_path);
+
 /* Command entry points: @argv[0] is the command name; each returns an exit code. */
 int ctl_cmd_config(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_keygen(ctl_opts_t *opts, int argc, char **argv);

@@ -30,6 +30,7 @@ static const ctl_command_t s_commands[] = {
     {"unfreeze", ctl_cmd_unfreeze, "unfreeze PROJECT ENV"},
     {"history", ctl_cmd_history, "history PROJECT ENV: released versions per target"},
     {"notify", ctl_cmd_notify, "notify push --project P --ref REF --sha SHA (git hook)"},
+    {"audit", ctl_cmd_audit, "audit verify | audit tail [-n N]: the audit chain"},
     {"config", ctl_cmd_config, "config check FILE: validate a config without starting"},
     {"keygen", ctl_cmd_keygen, "write a CURVE certificate pair into DIR"},
 };

@@ -142,3 +142,35 @@ bool ctl_seed_repos(const sn_config_t *cfg, const char *config_path)
     }
     return ok;
 }
+
+void ctl_up_banner(const sn_config_t *cfg, const char *config_path)
+{
+    fprintf(stderr, "\nSentinel is up (%s).\n", config_path);
+    for (size_t i = 0; i < cfg->target_count; i++) {
+        const sn_target_config_t *t = &cfg->targets[i];
+        if (t->url)
+            fprintf(stderr, "  %-16s live %s   preview %s\n", t->name, t->url,
+                    t->preview_url ? t->preview_url : "-");
+    }
+    if (cfg->gateway.listen)
+        fprintf(stderr, "  API              http://%s/api/v1/runs   events: /api/v1/events\n",
+                cfg->gateway.listen);
+    for (size_t i = 0; i < cfg->project_count; i++) {
+        const sn_project_config_t *p = &cfg->projects[i];
+        if (!p->repo)
+            continue;
+        fprintf(stderr,
+                "\nProject %s (repository %s): every push to an environment's branch starts\n"
+                "a run (the seeded staging branch is deployed first). Next:\n"
+                "  sentinelctl -c %s runs                     # runs and their states\n"
+                "  git clone %s work && cd work && git checkout staging\n"
+                "  ...edit src/index.html, commit, git push   # a new staging run\n",
+                p->name, p->repo, config_path, p->repo);
+        for (size_t e = 0; e < p->environment_count; e++)
+            if (p->environments[e].approval.required)
+                fprintf(stderr,
+                        "  sentinelctl -c %s deploy %s %s   # then: sentinelctl approve RUN\n",
+                        config_path, p->name, p->environments[e].name);
+    }
+    fprintf(stderr, "Ctrl-C stops everything.\n\n");
+}

@@ -217,6 +217,7 @@ static int s_run(ctl_sup_t *sup)
                 sup->redis_sock ? "unix:" : "", sup->redis_sock ? sup->redis_sock : "external",
                 sup->cfg.broker.rpc, sup->cfg.broker.pub, sup->cfg.broker.sub, agents,
                 sup->config_path);
+        ctl_up_banner(&sup->cfg, sup->config_path);
         while (sup->stop_signals == 0) {
             struct pollfd pfd = {.fd = sup->sfd, .events = POLLIN};
             int n = poll(&pfd, 1, s_next_timeout(sup));
