@@ -3,11 +3,15 @@
 #include "sentinel/sn_agent.h"
 
 extern const sn_role_t local_deployer_role;
+extern const sn_role_t build_validator_role;
+extern const sn_role_t infraguard_role;
 extern const sn_role_t buildpilot_role;
 extern const sn_role_t notifier_role;
 
 const sn_role_t *const sn_roles[] = {
     &local_deployer_role,
+    &build_validator_role,
+    &infraguard_role,
     &buildpilot_role,
     &notifier_role,
     NULL,

@@ -2,7 +2,9 @@
  * outstanding requests (by "<client routing id hex>:<request id>"). A request is either
  * queued on its service or held by one worker slot (a worker's credit for one service);
  * it is freed exactly once, when it is answered, cancelled, expired or its client is gone.
- * The broker never re-sends a request (docs/protocol.md §4). */
+ * The broker never re-sends a request (docs/protocol.md §4). A fourth table remembers, for
+ * a while, the routing ids of peers the broker dropped (§7.2), so that one that speaks
+ * again is told DISCONNECT once instead of being taken for a new peer. */
 #include "broker_dispatch.h"
 
 #include <czmq.h>
@@ -17,6 +19,9 @@
 
 #define S_KEY_MAX (2 * SN_PROTO_MAX_ROUTE + 32)
 #define S_SERVICES_NAME "broker.services"
+/* Dropped peers are remembered for S_GONE_WINDOWS silence windows, at most S_GONE_MAX. */
+#define S_GONE_WINDOWS 10
+#define S_GONE_MAX 4096
 
 typedef struct s_peer s_peer_t;
 typedef struct s_service s_service_t;
@@ -47,7 +52,15 @@ struct s_service {
     zlistx_t *queue; /* s_request_t*, borrowed from requests */
     uint64_t served;
     int64_t idle_since; /* 0 while it has workers or queued requests */
+    bool known;         /* a READY listed it (§5.4); false: only queued in the grace */
 };
+
+/* A routing id the broker dropped: declared dead, or told DISCONNECT. */
+typedef struct {
+    char key[2 * SN_PROTO_MAX_ROUTE + 1];
+    int64_t expires_at;
+    bool disconnect_sent;
+} s_gone_t;
 
 typedef struct {
     char key[S_KEY_MAX];
@@ -67,9 +80,11 @@ struct broker_dispatch {
     broker_acl_t *acl;
     broker_stats_t *stats;
     broker_dispatch_opts_t opts;
-    zhash_t *peers;    /* key -> s_peer_t*, owned */
-    zhash_t *services; /* name -> s_service_t*, owned */
-    zhash_t *requests; /* key -> s_request_t*, owned */
+    zhash_t *peers;       /* key -> s_peer_t*, owned */
+    zhash_t *services;    /* name -> s_service_t*, owned */
+    zhash_t *requests;    /* key -> s_request_t*, owned */
+    zhash_t *gone;        /* key -> s_gone_t*, borrowed from gone_order */
+    zlistx_t *gone_order; /* s_gone_t*, owned, oldest first (= soonest to expire) */
     int64_t started_at;
     int64_t next_heartbeat;
     uint64_t dispatch_seq;
@@ -83,6 +98,14 @@ static void s_hex(const uint8_t *data, size_t len, char *out);
 static void s_req_key(char *out, const uint8_t *rid, size_t rid_len, uint64_t id);
 static s_peer_t *s_peer_require(broker_dispatch_t *self, const zmq_msg_t *rid);
 static void s_peer_remove(broker_dispatch_t *self, s_peer_t *peer, const char *why);
+static void s_peer_drop(broker_dispatch_t *self, s_peer_t *peer, bool disconnect, const char *why);
+static void s_gone_destroy(void **item);
+static void s_gone_add(broker_dispatch_t *self, const char *key, bool disconnect_sent);
+static void s_gone_del(broker_dispatch_t *self, s_gone_t *g);
+static void s_on_gone(broker_dispatch_t *self, s_gone_t *g, const zmq_msg_t *rid,
+                      const sn_proto_msg_t *m);
+static void s_on_bad_answer(broker_dispatch_t *self, const zmq_msg_t *rid, const sn_proto_msg_t *m);
+static void s_service_free(broker_dispatch_t *self, s_service_t *svc);
 static s_service_t *s_service_require(broker_dispatch_t *self, const char *name);
 static void s_on_ready(broker_dispatch_t *self, s_peer_t *peer, const sn_proto_msg_t *m);
 static void s_on_request(broker_dispatch_t *self, s_peer_t *peer, const sn_proto_msg_t *m,
@@ -112,6 +135,9 @@ broker_dispatch_t *broker_dispatch_new(void *router, broker_acl_t *acl, broker_s
     self->peers = zhash_new();
     self->services = zhash_new();
     self->requests = zhash_new();
+    self->gone = zhash_new();
+    self->gone_order = zlistx_new();
+    zlistx_set_destructor(self->gone_order, s_gone_destroy);
     self->started_at = sn_mono_ms();
     self->next_heartbeat = self->started_at + opts->heartbeat_ms;
     char pid[32];
@@ -144,6 +170,8 @@ void broker_dispatch_destroy(broker_dispatch_t **self_p)
         free(p);
     }
     zhash_destroy(&self->peers);
+    zhash_destroy(&self->gone);
+    zlistx_destroy(&self->gone_order);
     free(self);
     *self_p = NULL;
 }
@@ -168,15 +196,23 @@ void broker_dispatch_on_message(broker_dispatch_t *self, zmq_msg_t *frames, size
     sn_proto_msg_t m;
     const char *why = NULL;
     if (sn_proto_decode(views, n, SN_PROTO_UP, &m, &why) != SN_OK) {
+        /* §9: dropped and counted; answered when it names a request we can answer. */
         s_malformed(self, rid, why);
         if (m.cmd == SN_PROTO_REQUEST && m.request_id != 0)
             s_nak(self, zmq_msg_data(rid), zmq_msg_size(rid), m.request_id, m.attempt,
                   SN_NAK_INVALID);
+        else if (m.cmd == SN_PROTO_REPLY || m.cmd == SN_PROTO_NAK)
+            s_on_bad_answer(self, rid, &m);
+        return;
+    }
+    char key[2 * SN_PROTO_MAX_ROUTE + 1];
+    s_hex(zmq_msg_data(rid), zmq_msg_size(rid), key);
+    s_gone_t *gone = zhash_lookup(self->gone, key);
+    if (gone) {
+        s_on_gone(self, gone, rid, &m);
         return;
     }
     if (m.cmd == SN_PROTO_DISCONNECT) {
-        char key[2 * SN_PROTO_MAX_ROUTE + 1];
-        s_hex(zmq_msg_data(rid), zmq_msg_size(rid), key);
         s_peer_t *peer = zhash_lookup(self->peers, key);
         if (peer)
             s_peer_remove(self, peer, "disconnect");
@@ -206,8 +242,7 @@ void broker_dispatch_on_message(broker_dispatch_t *self, zmq_msg_t *frames, size
             /* A worker we do not know (we restarted, or declared it dead): make it
              * reconnect and register again. */
             sn_info("broker", "unknown worker heartbeat, sending DISCONNECT peer=%s", peer->key);
-            s_send_simple(self, peer, SN_PROTO_DISCONNECT);
-            s_peer_remove(self, peer, NULL);
+            s_peer_drop(self, peer, true, NULL);
         }
         break;
     default:
@@ -217,11 +252,27 @@ void broker_dispatch_on_message(broker_dispatch_t *self, zmq_msg_t *frames, size
 
 int broker_dispatch_tick(broker_dispatch_t *self, int64_t now)
 {
-    /* Queued requests past their deadline. */
+    int grace = self->opts.startup_grace_ms;
+    bool in_grace = grace > 0 && now - self->started_at < grace;
+    /* Queued requests past their deadline; at the end of the startup grace, those for
+     * services no worker registered (§5.4). */
     zlist_t *touched = zlist_new();
     for (s_service_t *s = zhash_first(self->services); s; s = zhash_next(self->services))
         zlist_append(touched, s);
     for (s_service_t *s = zlist_first(touched); s; s = zlist_next(touched)) {
+        if (!s->known && !in_grace) {
+            s_request_t *r = zlistx_first(s->queue);
+            while (r) {
+                s_request_t *next = zlistx_next(s->queue);
+                s_nak(self, r->client->rid, r->client->rid_len, r->id, r->attempt,
+                      SN_NAK_NO_SUCH_SERVICE);
+                s_request_free(self, r);
+                r = next;
+            }
+            sn_info("broker", "startup grace over, no worker for service=%s", s->name);
+            s_service_free(self, s);
+            continue;
+        }
         s_request_t *r = zlistx_first(s->queue);
         while (r) {
             s_request_t *next = zlistx_next(s->queue);
@@ -231,17 +282,13 @@ int broker_dispatch_tick(broker_dispatch_t *self, int64_t now)
             }
             r = next;
         }
-        if (zlistx_size(s->slots) == 0 && zlistx_size(s->queue) == 0) {
+        if (s->known && zlistx_size(s->slots) == 0 && zlistx_size(s->queue) == 0) {
             if (s->idle_since == 0)
                 s->idle_since = now;
             else if (now - s->idle_since >=
                      (int64_t)self->opts.heartbeat_ms * self->opts.liveness) {
                 sn_info("broker", "service forgotten service=%s", s->name);
-                zhash_delete(self->services, s->name);
-                zlistx_destroy(&s->slots);
-                zlistx_destroy(&s->queue);
-                free(s->name);
-                free(s);
+                s_service_free(self, s);
             }
         } else {
             s->idle_since = 0;
@@ -255,8 +302,11 @@ int broker_dispatch_tick(broker_dispatch_t *self, int64_t now)
         if (p->expires_at <= now)
             zlist_append(dead, p);
     for (s_peer_t *p = zlist_first(dead); p; p = zlist_next(dead))
-        s_peer_remove(self, p, "heartbeat expired");
+        s_peer_drop(self, p, false, "heartbeat expired");
     zlist_destroy(&dead);
+    for (s_gone_t *g = zlistx_first(self->gone_order); g && g->expires_at <= now;
+         g = zlistx_first(self->gone_order))
+        s_gone_del(self, g);
 
     if (now >= self->next_heartbeat) {
         for (s_peer_t *p = zhash_first(self->peers); p; p = zhash_next(self->peers))
@@ -289,6 +339,7 @@ static void s_on_ready(broker_dispatch_t *self, s_peer_t *peer, const sn_proto_m
         }
         applied++;
         s_service_t *svc = s_service_require(self, name);
+        svc->known = true;
         s_slot_t *slot = NULL;
         for (s_slot_t *sl = zlistx_first(peer->slots); sl; sl = zlistx_next(peer->slots))
             if (sl->svc == svc)
@@ -309,8 +360,7 @@ static void s_on_ready(broker_dispatch_t *self, s_peer_t *peer, const sn_proto_m
     if (applied > 0)
         peer->is_worker = true;
     if (!peer->is_worker) {
-        s_send_simple(self, peer, SN_PROTO_DISCONNECT);
-        s_peer_remove(self, peer, NULL);
+        s_peer_drop(self, peer, true, NULL);
         return;
     }
     for (s_slot_t *sl = zlistx_first(peer->slots); sl; sl = zlistx_next(peer->slots))
@@ -347,7 +397,9 @@ static void s_on_request(broker_dispatch_t *self, s_peer_t *peer, const sn_proto
     }
     int64_t now = sn_mono_ms();
     s_service_t *svc = zhash_lookup(self->services, name);
-    if (!svc) {
+    if (!svc || !svc->known) {
+        /* Unknown (§5.4): queued only during the startup grace; that does not make the
+         * service known. */
         int grace = self->opts.startup_grace_ms;
         if (grace <= 0 || now - self->started_at >= grace) {
             s_nak(self, peer->rid, peer->rid_len, m->request_id, m->attempt,
@@ -387,8 +439,7 @@ static void s_on_answer(broker_dispatch_t *self, s_peer_t *peer, const sn_proto_
                 "%s from a peer that is not a registered worker, sending DISCONNECT "
                 "peer=%s",
                 sn_proto_cmd_name(m->cmd), peer->key);
-        s_send_simple(self, peer, SN_PROTO_DISCONNECT);
-        s_peer_remove(self, peer, NULL);
+        s_peer_drop(self, peer, true, NULL);
         return;
     }
     char key[S_KEY_MAX];
@@ -540,6 +591,116 @@ static void s_peer_remove(broker_dispatch_t *self, s_peer_t *peer, const char *w
     zlist_destroy(&touched);
 }
 
+/* Removes @peer (answering or cancelling what it had, like s_peer_remove) and remembers
+ * its routing id (§7.2): after a DISCONNECT (@disconnect: sent here), so that what it still
+ * sends is dropped without another DISCONNECT; after its silence, if it had state we
+ * dropped (it was a worker, or a client with requests), so that it is told DISCONNECT when
+ * it speaks again. */
+static void s_peer_drop(broker_dispatch_t *self, s_peer_t *peer, bool disconnect, const char *why)
+{
+    bool had_state = peer->is_worker;
+    for (s_request_t *r = zhash_first(self->requests); r && !had_state;
+         r = zhash_next(self->requests))
+        had_state = r->client == peer;
+    if (disconnect)
+        s_send_simple(self, peer, SN_PROTO_DISCONNECT);
+    char key[sizeof peer->key];
+    memcpy(key, peer->key, sizeof key);
+    s_peer_remove(self, peer, why);
+    if (disconnect || had_state)
+        s_gone_add(self, key, disconnect);
+}
+
+static void s_gone_destroy(void **item)
+{
+    if (item && *item) {
+        free(*item);
+        *item = NULL;
+    }
+}
+
+static void s_gone_add(broker_dispatch_t *self, const char *key, bool disconnect_sent)
+{
+    s_gone_t *old = zhash_lookup(self->gone, key);
+    if (old)
+        s_gone_del(self, old);
+    if (zlistx_size(self->gone_order) >= S_GONE_MAX)
+        s_gone_del(self, zlistx_first(self->gone_order));
+    s_gone_t *g = sn_calloc(1, sizeof *g);
+    sn_strlcpy(g->key, key, sizeof g->key);
+    g->expires_at =
+        sn_mono_ms() + (int64_t)S_GONE_WINDOWS * self->opts.heartbeat_ms * self->opts.liveness;
+    g->disconnect_sent = disconnect_sent;
+    zlistx_add_end(self->gone_order, g);
+    zhash_insert(self->gone, g->key, g);
+}
+
+static void s_gone_del(broker_dispatch_t *self, s_gone_t *g)
+{
+    zhash_delete(self->gone, g->key);
+    void *h = zlistx_find(self->gone_order, g);
+    SN_ASSERT(h);
+    zlistx_delete(self->gone_order, h); /* frees g */
+}
+
+/* A valid message from a routing id the broker dropped (§7.2). It is not taken for a new
+ * peer: a REQUEST is answered NAK worker-lost, a REPLY/NAK counted as stale, and the peer
+ * is told DISCONNECT once, so that it starts again on a new socket. */
+static void s_on_gone(broker_dispatch_t *self, s_gone_t *g, const zmq_msg_t *rid,
+                      const sn_proto_msg_t *m)
+{
+    const uint8_t *r = zmq_msg_data((zmq_msg_t *)rid);
+    size_t rlen = zmq_msg_size((zmq_msg_t *)rid);
+    if (m->cmd == SN_PROTO_DISCONNECT) {
+        s_gone_del(self, g); /* it has closed that socket */
+        return;
+    }
+    if (m->cmd == SN_PROTO_REQUEST)
+        s_nak(self, r, rlen, m->request_id, m->attempt, SN_NAK_WORKER_LOST);
+    else if (m->cmd == SN_PROTO_REPLY || m->cmd == SN_PROTO_NAK)
+        self->stats->stale_replies++;
+    if (!g->disconnect_sent) {
+        sn_info("broker", "%s from a peer declared dead, sending DISCONNECT peer=%s",
+                sn_proto_cmd_name(m->cmd), g->key);
+        sn_proto_msg_t out = {.cmd = SN_PROTO_DISCONNECT};
+        s_send(self, r, rlen, &out, NULL);
+        g->disconnect_sent = true;
+    }
+}
+
+/* A malformed REPLY or NAK whose ids and route could be read (§9), e.g. a NAK with an
+ * unknown reason: if it is for a request this worker holds, the client must not be left
+ * waiting: it is answered NAK worker-lost and the worker's credit returns. */
+static void s_on_bad_answer(broker_dispatch_t *self, const zmq_msg_t *rid, const sn_proto_msg_t *m)
+{
+    char pkey[2 * SN_PROTO_MAX_ROUTE + 1];
+    s_hex(zmq_msg_data((zmq_msg_t *)rid), zmq_msg_size((zmq_msg_t *)rid), pkey);
+    s_peer_t *peer = zhash_lookup(self->peers, pkey);
+    if (!peer || !peer->is_worker || m->route.len == 0)
+        return;
+    char key[S_KEY_MAX];
+    s_req_key(key, m->route.data, m->route.len, m->request_id);
+    s_request_t *req = zhash_lookup(self->requests, key);
+    if (!req || !req->slot || req->slot->worker != peer || req->attempt != m->attempt)
+        return;
+    sn_warn("broker", "malformed %s for request id=%llu attempt=%u: answered worker-lost peer=%s",
+            sn_proto_cmd_name(m->cmd), (unsigned long long)m->request_id, m->attempt, peer->key);
+    s_service_t *svc = req->svc;
+    s_nak(self, req->client->rid, req->client->rid_len, req->id, req->attempt, SN_NAK_WORKER_LOST);
+    s_request_free(self, req);
+    s_dispatch(self, svc);
+}
+
+static void s_service_free(broker_dispatch_t *self, s_service_t *svc)
+{
+    SN_ASSERT(zlistx_size(svc->queue) == 0 && zlistx_size(svc->slots) == 0);
+    zhash_delete(self->services, svc->name);
+    zlistx_destroy(&svc->slots);
+    zlistx_destroy(&svc->queue);
+    free(svc->name);
+    free(svc);
+}
+
 static s_peer_t *s_peer_require(broker_dispatch_t *self, const zmq_msg_t *rid)
 {
     char key[2 * SN_PROTO_MAX_ROUTE + 1];
@@ -603,6 +764,8 @@ static void s_answer_services(broker_dispatch_t *self, s_peer_t *peer, const sn_
     Sentinel__V1__ServiceInfo **ptrs = sn_calloc(n ? n : 1, sizeof *ptrs);
     size_t i = 0;
     for (s_service_t *s = zhash_first(self->services); s; s = zhash_next(self->services)) {
+        if (!s->known)
+            continue; /* only queued during the startup grace (§5.4) */
         Sentinel__V1__ServiceInfo *info = &infos[i];
         sentinel__v1__service_info__init(info);
         info->name = s->name;
@@ -618,7 +781,7 @@ static void s_answer_services(broker_dispatch_t *self, s_peer_t *peer, const sn_
     }
     Sentinel__V1__ServiceList list;
     sentinel__v1__service_list__init(&list);
-    list.n_services = n;
+    list.n_services = i;
     list.services = ptrs;
     sn_envelope_t env;
     char id[SN_ID_LEN + 1];

@@ -146,10 +146,11 @@ static void s_help(void)
         "usage: sentinelctl call SERVICE --data JSON [--timeout MS]\n\n"
         "Calls SERVICE through the broker (broker.rpc of the config) and prints the\n"
         "reply envelope as JSON (indented; one line with -o json).\n"
-        "  -d, --data JSON   a JSON object: either envelope fields {\"type\", \"subject\",\n"
-        "                    \"correlation_id\", \"causation_id\", \"labels\": {..},\n"
-        "                    \"note\": {\"text\", \"n\", \"attrs\": {..}}}, or any other object,\n"
-        "                    sent as the text of a Note body\n"
+        "  -d, --data JSON   a JSON object: either envelope fields, by their JSON names\n"
+        "                    {\"type\", \"subject\", \"correlationId\", \"causationId\",\n"
+        "                    \"labels\": {..}, \"note\": {\"text\", \"n\", \"attrs\": {..}}} (the\n"
+        "                    proto names, e.g. \"correlation_id\", are accepted too), or any\n"
+        "                    other object, sent as the text of a Note body\n"
         "      --timeout MS  how long to wait for the answer (default %d)\n"
         "exit: 0 reply, 1 NAK/timeout/error, 2 usage, 4 NAK forbidden\n",
         CTL_CALL_DEFAULT_TIMEOUT_MS);

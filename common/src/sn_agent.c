@@ -941,7 +941,7 @@ static void s_timers(sn_ctx_t *ctx, int64_t now)
         s_expire_calls(ctx, now);
     if (ctx->leader && now >= ctx->next_leader_tick_ms) {
         s_leader_tick(ctx);
-        ctx->next_leader_tick_ms = sn_mono_ms() + sn_leader_renew_interval_ms(ctx->leader);
+        ctx->next_leader_tick_ms = sn_leader_next_tick_ms(ctx->leader);
     }
     if (now >= ctx->next_register_ms) {
         s_register(ctx);

@@ -34,67 +34,78 @@ const char sn_journal_lua[] = SN_LEADER_LUA_FENCE_OK
     "local function bad(msg) return redis.error_reply('SNBAD ' .. msg) end\n"
     "local function is_uint(s) return string.match(s, '^%d+$') ~= nil and #s <= 15 end\n"
     "local function is_int(s) return string.match(s, '^%-?%d+$') ~= nil and #s <= 15 end\n"
-    "local function commit(keys, args)\n"
-    "  local nargs = #args\n"
-    "  if nargs < 5 or #keys < 1 then return bad('too few arguments') end\n"
-    "  local max_len = args[1]\n"
-    "  if not is_uint(max_len) then return bad('max_len') end\n"
-    "  local fence = args[2]\n"
-    "  local base = 2\n"
-    "  if fence ~= '' then\n"
-    "    if not string.match(fence, '^%d+$') or #fence > 20 or #keys < 2 then\n"
-    "      return bad('fence')\n"
-    "    end\n"
-    "    if redis.call('TYPE', keys[2])['ok'] ~= 'string' or not sn_fence_ok(keys[2], fence) then\n"
-    "      return redis.error_reply('SNFENCE fence ' .. fence .. ' is not current')\n"
-    "    end\n"
-    "    base = 3\n"
-    "  end\n"
-    "  if not is_uint(args[3]) then return bad('nops') end\n"
-    "  local nops = tonumber(args[3])\n"
-    "  local types = {}\n"
-    "  local function type_of(k)\n"
-    "    if types[k] == nil then types[k] = redis.call('TYPE', k)['ok'] end\n"
-    "    return types[k]\n"
-    "  end\n"
-    "  local et = type_of(keys[1])\n"
-    "  if et ~= 'stream' and et ~= 'none' then return bad('events is a ' .. et) end\n"
+    /* One event's part of ARGV from args[i]: nops op... type env. Op key indices are
+     * 1-based among keys[kbase .. kbase + nk - 1]; @limit is the last index ops may
+     * use (the final type and env always follow). Returns the event and the index after
+     * it, or nil and the reason. Nothing is written here. */
+    "local function parse_event(keys, args, kbase, nk, i, limit, type_of, types)\n"
+    "  if not args[i] or not is_uint(args[i]) then return nil, 'nops' end\n"
+    "  local nops = tonumber(args[i])\n"
+    "  i = i + 1\n"
     "  local plan = {}\n"
-    "  local i = 4\n"
     "  for n = 1, nops do\n"
-    "    if i + 1 > nargs - 2 then return bad('op ' .. n .. ' truncated') end\n"
+    "    if i + 1 > limit then return nil, 'op ' .. n .. ' truncated' end\n"
     "    local name = args[i]\n"
     "    local spec = OPS[name]\n"
-    "    if not spec then return bad('unknown op ' .. name) end\n"
-    "    if not is_uint(args[i + 1]) then return bad('op ' .. n .. ' key index') end\n"
-    "    local k = keys[base + tonumber(args[i + 1]) - 1]\n"
-    "    if tonumber(args[i + 1]) < 1 or not k then return bad('op ' .. n .. ' key') end\n"
-    "    if i + 1 + spec.n > nargs - 2 then return bad('op ' .. n .. ' truncated') end\n"
+    "    if not spec then return nil, 'unknown op ' .. name end\n"
+    "    if not is_uint(args[i + 1]) then return nil, 'op ' .. n .. ' key index' end\n"
+    "    local idx = tonumber(args[i + 1])\n"
+    "    local k = keys[kbase + idx - 1]\n"
+    "    if idx < 1 or idx > nk or not k then return nil, 'op ' .. n .. ' key' end\n"
+    "    if i + 1 + spec.n > limit then return nil, 'op ' .. n .. ' truncated' end\n"
     "    local a = {}\n"
     "    for j = 1, spec.n do a[j] = args[i + 1 + j] end\n"
-    "    if spec.px and not is_uint(a[spec.px]) then return bad('op ' .. n .. ' ms') end\n"
+    "    if spec.px and not is_uint(a[spec.px]) then return nil, 'op ' .. n .. ' ms' end\n"
     "    if spec.score then\n"
     "      local s = tonumber(a[1])\n"
-    "      if s == nil or s ~= s then return bad('op ' .. n .. ' score') end\n"
+    "      if s == nil or s ~= s then return nil, 'op ' .. n .. ' score' end\n"
     "    end\n"
     "    if spec.ints and not (is_int(a[1]) and is_int(a[2])) then\n"
-    "      return bad('op ' .. n .. ' range')\n"
+    "      return nil, 'op ' .. n .. ' range'\n"
     "    end\n"
     "    if spec.want then\n"
     "      local t = type_of(k)\n"
     "      if t ~= 'none' and t ~= spec.want then\n"
-    "        return bad('op ' .. n .. ' ' .. name .. ' on a ' .. t)\n"
+    "        return nil, 'op ' .. n .. ' ' .. name .. ' on a ' .. t\n"
     "      end\n"
     "    end\n"
     "    if spec.result then types[k] = spec.result end\n"
     "    plan[n] = {name, k, a}\n"
     "    i = i + 2 + spec.n\n"
     "  end\n"
-    "  if i ~= nargs - 1 then return bad('trailing arguments') end\n"
-    "  local ev_type, env = args[nargs - 1], args[nargs]\n"
-    "  if ev_type == '' or #ev_type > 255 or env == '' then return bad('event') end\n"
-    "  for n = 1, nops do\n"
-    "    local name, k, a = plan[n][1], plan[n][2], plan[n][3]\n"
+    "  local ev_type, env = args[i], args[i + 1]\n"
+    "  if not ev_type or not env or ev_type == '' or #ev_type > 255 or env == '' then\n"
+    "    return nil, 'event'\n"
+    "  end\n"
+    "  return {plan = plan, type = ev_type, env = env}, i + 2\n"
+    "end\n"
+    /* Checks max_len and the fence (ARGV 1, 2); returns the key base after the events
+     * key (and the lock), the type cache, or nil and an error reply. */
+    "local function prologue(keys, args)\n"
+    "  if not is_uint(args[1]) then return nil, bad('max_len') end\n"
+    "  local fence = args[2]\n"
+    "  local base = 2\n"
+    "  if fence ~= '' then\n"
+    "    if not string.match(fence, '^%d+$') or #fence > 20 or #keys < 2 then\n"
+    "      return nil, bad('fence')\n"
+    "    end\n"
+    "    if redis.call('TYPE', keys[2])['ok'] ~= 'string' or not sn_fence_ok(keys[2], fence) then\n"
+    "      return nil, redis.error_reply('SNFENCE fence ' .. fence .. ' is not current')\n"
+    "    end\n"
+    "    base = 3\n"
+    "  end\n"
+    "  local types = {}\n"
+    "  local function type_of(k)\n"
+    "    if types[k] == nil then types[k] = redis.call('TYPE', k)['ok'] end\n"
+    "    return types[k]\n"
+    "  end\n"
+    "  local et = type_of(keys[1])\n"
+    "  if et ~= 'stream' and et ~= 'none' then return nil, bad('events is a ' .. et) end\n"
+    "  return base, type_of, types\n"
+    "end\n"
+    "local function apply(keys, max_len, ev)\n"
+    "  for n = 1, #ev.plan do\n"
+    "    local name, k, a = ev.plan[n][1], ev.plan[n][2], ev.plan[n][3]\n"
     "    if name == 'SET' then\n"
     "      if a[2] ~= '0' then redis.call('SET', k, a[1], 'PX', a[2])\n"
     "      else redis.call('SET', k, a[1]) end\n"
@@ -102,10 +113,51 @@ const char sn_journal_lua[] = SN_LEADER_LUA_FENCE_OK
     "    else redis.call(name, k, unpack(a)) end\n"
     "  end\n"
     "  if max_len ~= '0' then\n"
-    "    return redis.call('XADD', keys[1], 'MAXLEN', '~', max_len, '*', 'type', ev_type,\n"
-    "                      'env', env)\n"
+    "    return redis.call('XADD', keys[1], 'MAXLEN', '~', max_len, '*', 'type', ev.type,\n"
+    "                      'env', ev.env)\n"
     "  end\n"
-    "  return redis.call('XADD', keys[1], '*', 'type', ev_type, 'env', env)\n"
+    "  return redis.call('XADD', keys[1], '*', 'type', ev.type, 'env', ev.env)\n"
+    "end\n"
+    /* KEYS events [lock] opkeys...; ARGV max_len fence|'' nops op... type env -> id */
+    "local function commit(keys, args)\n"
+    "  local nargs = #args\n"
+    "  if nargs < 5 or #keys < 1 then return bad('too few arguments') end\n"
+    "  local base, type_of, types = prologue(keys, args)\n"
+    "  if not base then return type_of end\n"
+    "  local ev, nxt = parse_event(keys, args, base, #keys - base + 1, 3, nargs - 2, type_of,\n"
+    "                              types)\n"
+    "  if not ev then return bad(nxt) end\n"
+    "  if nxt ~= nargs + 1 then return bad('trailing arguments') end\n"
+    "  return apply(keys, args[1], ev)\n"
+    "end\n"
+    /* KEYS events [lock] (opkeys of event 1) (opkeys of event 2)...;
+     * ARGV max_len fence|'' nevents (nkeys nops op... type env) x nevents -> {id...}.
+     * Every event is validated (types tracked across the whole batch) before the first
+     * write, so a bad event anywhere writes nothing. */
+    "local function commit_batch(keys, args)\n"
+    "  local nargs = #args\n"
+    "  if nargs < 7 or #keys < 1 then return bad('too few arguments') end\n"
+    "  local base, type_of, types = prologue(keys, args)\n"
+    "  if not base then return type_of end\n"
+    "  if not is_uint(args[3]) then return bad('nevents') end\n"
+    "  local nevents = tonumber(args[3])\n"
+    "  if nevents < 1 or nevents * 4 > nargs - 3 then return bad('nevents') end\n"
+    "  local evs = {}\n"
+    "  local i, kbase = 4, base\n"
+    "  for e = 1, nevents do\n"
+    "    if not args[i] or not is_uint(args[i]) then return bad('event ' .. e .. ' nkeys') end\n"
+    "    local nk = tonumber(args[i])\n"
+    "    if kbase + nk - 1 > #keys then return bad('event ' .. e .. ' keys') end\n"
+    "    local ev, nxt = parse_event(keys, args, kbase, nk, i + 1, nargs - 2, type_of, types)\n"
+    "    if not ev then return bad('event ' .. e .. ': ' .. nxt) end\n"
+    "    evs[e] = ev\n"
+    "    i, kbase = nxt, kbase + nk\n"
+    "  end\n"
+    "  if i ~= nargs + 1 then return bad('trailing arguments') end\n"
+    "  if kbase ~= #keys + 1 then return bad('trailing keys') end\n"
+    "  local ids = {}\n"
+    "  for e = 1, nevents do ids[e] = apply(keys, args[1], evs[e]) end\n"
+    "  return ids\n"
     "end\n"
     "local function trim(keys, args)\n"
     "  if #keys ~= 1 or #args ~= 1 or not is_uint(args[1]) then return bad('usage') end\n"
@@ -119,6 +171,7 @@ const char sn_journal_lua[] = SN_LEADER_LUA_FENCE_OK
     "  return redis.call('XTRIM', keys[1], 'MINID', string.format('%.0f', min) .. '-0')\n"
     "end\n"
     "redis.register_function('sentinel_journal_commit', commit)\n"
+    "redis.register_function('sentinel_journal_commit_batch', commit_batch)\n"
     "redis.register_function('sentinel_journal_trim', trim)\n";
 
 #define S_TYPE_MAX 255
@@ -157,6 +210,10 @@ static sn_rc_t s_fcall_publish(sn_journal_t *self, const char *fn, int nkeys, co
                                int nargs, const char **args, const size_t *arglens,
                                const char *type, const uint8_t *env, size_t env_len,
                                sn_journal_result_t *out);
+static sn_rc_t s_refused(sn_journal_t *self, const redisReply *r, const char *fn, const char *type);
+static bool s_is_stream_id(const redisReply *r);
+static void s_written(sn_journal_t *self, const char *type, const uint8_t *env, size_t env_len,
+                      sn_journal_result_t *out);
 
 /* ---- writing ----------------------------------------------------------------------- */
 
@@ -348,6 +405,117 @@ sn_rc_t sn_journal_commit(sn_journal_t *self, const sn_journal_ops_t *ops, const
     return rc;
 }
 
+sn_rc_t sn_journal_commit_batch(sn_journal_t *self, size_t count,
+                                const sn_journal_ops_t *const *ops, const char *fence_key,
+                                uint64_t fence, sn_envelope_t *const *envs,
+                                sn_journal_result_t *results)
+{
+    SN_ASSERT(self);
+    if (count == 0 || count > SN_JOURNAL_BATCH_MAX || !envs || (fence_key && !*fence_key)) {
+        sn_warn("journal", "refusing a batch of %zu events (1..%d, envelopes, fence key)", count,
+                SN_JOURNAL_BATCH_MAX);
+        return SN_ERROR;
+    }
+    for (size_t i = 0; i < count; i++)
+        if (!envs[i]) {
+            sn_warn("journal", "refusing a batch with no envelope at %zu", i);
+            return SN_ERROR;
+        }
+    sn_journal_result_t *res = results ? results : sn_calloc(count, sizeof *res);
+    uint8_t **bytes = sn_calloc(count, sizeof *bytes);
+    size_t *bytes_len = sn_calloc(count, sizeof *bytes_len);
+    /* Per event: its op key count and op count as decimal strings. */
+    char(*nums)[24] = sn_calloc(2 * count, sizeof *nums);
+    const char **keys = NULL, **args = NULL;
+    size_t *lens = NULL;
+    redisReply *r = NULL;
+    sn_rc_t rc = SN_OK;
+    size_t nkeys = 1 + (fence_key ? 1 : 0), nargs = 3;
+    for (size_t i = 0; i < count; i++) {
+        bytes[i] = s_stamp_pack(self, envs[i], fence_key != NULL, fence, &res[i], &bytes_len[i]);
+        if (!bytes[i]) {
+            self->stats.failed++;
+            rc = SN_ERROR;
+            goto out;
+        }
+        const sn_journal_ops_t *o = ops ? ops[i] : NULL;
+        nkeys += o ? o->keys.count : 0;
+        nargs += 4 + (o ? o->args.count : 0);
+    }
+    keys = sn_calloc(nkeys, sizeof *keys);
+    args = sn_calloc(nargs, sizeof *args);
+    lens = sn_calloc(nargs, sizeof *lens);
+    size_t k = 0, a = 0;
+    keys[k++] = SN_JOURNAL_STREAM;
+    if (fence_key)
+        keys[k++] = fence_key;
+    char max_len[24], fence_s[24], nevents[24];
+    snprintf(max_len, sizeof max_len, "%" PRId64, self->max_len);
+    if (fence_key)
+        snprintf(fence_s, sizeof fence_s, "%" PRIu64, fence);
+    else
+        fence_s[0] = '\0';
+    snprintf(nevents, sizeof nevents, "%zu", count);
+#define S_ARG(p, n) (args[a] = (p), lens[a] = (n), a++)
+    S_ARG(max_len, strlen(max_len));
+    S_ARG(fence_s, strlen(fence_s));
+    S_ARG(nevents, strlen(nevents));
+    for (size_t i = 0; i < count; i++) {
+        const sn_journal_ops_t *o = ops ? ops[i] : NULL;
+        snprintf(nums[2 * i], sizeof nums[0], "%zu", o ? o->keys.count : 0);
+        snprintf(nums[2 * i + 1], sizeof nums[0], "%zu", o ? o->count : 0);
+        S_ARG(nums[2 * i], strlen(nums[2 * i]));
+        S_ARG(nums[2 * i + 1], strlen(nums[2 * i + 1]));
+        for (size_t j = 0; o && j < o->keys.count; j++)
+            keys[k++] = o->keys.items[j];
+        for (size_t j = 0; o && j < o->args.count; j++)
+            S_ARG(o->args.items[j], o->args.lens[j]);
+        S_ARG(envs[i]->type, strlen(envs[i]->type));
+        S_ARG((const char *)bytes[i], bytes_len[i]);
+    }
+#undef S_ARG
+    SN_ASSERT(k == nkeys && a == nargs);
+    rc = sn_redis_fcall(self->redis, SN_REDIS_MAIN, self->timeout_ms, &r,
+                        "sentinel_journal_commit_batch", (int)nkeys, keys, (int)nargs, args, lens);
+    if (rc != SN_OK) {
+        self->stats.failed++;
+        r = NULL;
+        goto out; /* logged by sn_redis */
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        rc = s_refused(self, r, "sentinel_journal_commit_batch", envs[0]->type);
+        goto out;
+    }
+    bool is_ok = r->type == REDIS_REPLY_ARRAY && r->elements == count;
+    for (size_t i = 0; is_ok && i < count; i++)
+        is_ok = s_is_stream_id(r->element[i]);
+    if (!is_ok) {
+        sn_error("journal", "batch answered without %zu stream ids: reply_type=%d", count, r->type);
+        self->stats.failed++;
+        rc = SN_ERROR;
+        goto out;
+    }
+    /* Written, all of them: only now does anything reach the bus, in order. */
+    for (size_t i = 0; i < count; i++) {
+        memcpy(res[i].stream_id, r->element[i]->str, r->element[i]->len + 1);
+        s_written(self, envs[i]->type, bytes[i], bytes_len[i], &res[i]);
+    }
+out:
+    if (r)
+        freeReplyObject(r);
+    for (size_t i = 0; i < count; i++)
+        free(bytes[i]);
+    free(bytes);
+    free(bytes_len);
+    free(nums);
+    free(keys);
+    free(args);
+    free(lens);
+    if (res != results)
+        free(res);
+    return rc;
+}
+
 sn_rc_t sn_journal_commit_fcall(sn_journal_t *self, const char *fn, int nkeys, const char **keys,
                                 int nargs, const char **args, const size_t *arglens,
                                 sn_envelope_t *env, sn_journal_result_t *out)
@@ -507,20 +675,11 @@ static sn_rc_t s_fcall_publish(sn_journal_t *self, const char *fn, int nkeys, co
         return rc; /* logged by sn_redis */
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        if (strncmp(r->str, "SNFENCE", 7) == 0) {
-            rc = SN_DECLINED;
-            self->stats.declined++;
-            sn_info("journal", "fenced write refused: fn=%s type=%s: %s", fn, type, r->str);
-        } else {
-            rc = sn_redis_reply_is_transient(r) ? SN_AGAIN : SN_ERROR;
-            self->stats.failed++;
-            sn_warn("journal", "write refused: fn=%s type=%s: %s", fn, type, r->str);
-        }
+        rc = s_refused(self, r, fn, type);
         freeReplyObject(r);
         return rc;
     }
-    if ((r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS) ||
-        !sn_journal_id_parse(r->str, NULL, NULL) || r->len >= SN_JOURNAL_ID_MAX) {
+    if (!s_is_stream_id(r)) {
         sn_error("journal", "write answered without a stream id: fn=%s type=%s reply_type=%d", fn,
                  type, r->type);
         self->stats.failed++;
@@ -529,6 +688,33 @@ static sn_rc_t s_fcall_publish(sn_journal_t *self, const char *fn, int nkeys, co
     }
     memcpy(out->stream_id, r->str, r->len + 1);
     freeReplyObject(r);
+    s_written(self, type, env, env_len, out);
+    return SN_OK;
+}
+
+/* An error reply of a journal write: SNFENCE -> SN_DECLINED, else SN_ERROR or SN_AGAIN. */
+static sn_rc_t s_refused(sn_journal_t *self, const redisReply *r, const char *fn, const char *type)
+{
+    if (strncmp(r->str, "SNFENCE", 7) == 0) {
+        self->stats.declined++;
+        sn_info("journal", "fenced write refused: fn=%s type=%s: %s", fn, type, r->str);
+        return SN_DECLINED;
+    }
+    self->stats.failed++;
+    sn_warn("journal", "write refused: fn=%s type=%s: %s", fn, type, r->str);
+    return sn_redis_reply_is_transient(r) ? SN_AGAIN : SN_ERROR;
+}
+
+static bool s_is_stream_id(const redisReply *r)
+{
+    return (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
+           r->len < SN_JOURNAL_ID_MAX && sn_journal_id_parse(r->str, NULL, NULL);
+}
+
+/* After Redis acknowledged the write of one event: count, tell on_written, publish. */
+static void s_written(sn_journal_t *self, const char *type, const uint8_t *env, size_t env_len,
+                      sn_journal_result_t *out)
+{
     self->stats.committed++;
     if (self->on_written)
         self->on_written(self->on_written_arg, out->stream_id);
@@ -540,7 +726,6 @@ static sn_rc_t s_fcall_publish(sn_journal_t *self, const char *fn, int nkeys, co
             self->stats.publish_failed++;
         }
     }
-    return SN_OK;
 }
 
 /* ---- ids --------------------------------------------------------------------------- */

@@ -17,19 +17,26 @@
 #define S_LIB_NAME "sentinel_leader"
 #define S_TOKEN_BYTES 16
 #define S_MIN_TTL_MS 30
+/* A standby refused by a live lock tries again S_RETRY_SLACK_MS plus up to
+ * S_RETRY_JITTER_MS after the lock's PTTL, and never sooner than S_RETRY_MIN_MS. */
+#define S_RETRY_SLACK_MS 3
+#define S_RETRY_JITTER_MS 5
+#define S_RETRY_MIN_MS 5
 
 /* clang-format off */
 static const char s_lua[] =
     SN_LEADER_LUA_FENCE_OK
     "local function s_num(n) return string.format('%.0f', n) end\n"
     "local function s_token_of(v) return string.match(v, '^%d+|([^|]+)|') end\n"
-    /* KEYS lock, fence counter; ARGV token, instance, ttl_ms -> {1, fence} | {0, fence, holder} */
+    /* KEYS lock, fence counter; ARGV token, instance, ttl_ms
+     *   -> {1, fence} | {0, fence, holder, the lock's PTTL} */
     "redis.register_function('sn_leader_acquire', function(keys, args)\n"
     "  local ttl = tonumber(args[3])\n"
     "  if not ttl or ttl <= 0 then return redis.error_reply('ERR bad ttl') end\n"
     "  local v = redis.call('GET', keys[1])\n"
     "  if v and s_token_of(v) ~= args[1] then\n"
-    "    return {0, string.match(v, '^(%d+)|') or '0', string.match(v, '^%d+|[^|]+|(.*)$') or ''}\n"
+    "    return {0, string.match(v, '^(%d+)|') or '0', string.match(v, '^%d+|[^|]+|(.*)$') or '',\n"
+    "            redis.call('PTTL', keys[1])}\n"
     "  end\n"
     "  local n = redis.call('INCR', keys[2])\n"
     "  local t = redis.call('TIME')\n"
@@ -81,10 +88,12 @@ struct sn_leader {
     uint64_t fence;      /* atomic */
     int64_t valid_until; /* atomic, monotonic ms */
     bool ever_led;       /* loop thread: release on destroy even after a step-down */
+    int64_t next_tick;   /* loop thread: when sn_leader_tick wants to run next (0: now) */
 };
 
 static void s_step_down(sn_leader_t *self, const char *why);
 static bool s_reply_int(const redisReply *r, long long *out);
+static int64_t s_retry_at(sn_leader_t *self, long long pttl);
 
 sn_leader_t *sn_leader_new(sn_redis_t *redis, const char *role, const char *instance, int ttl_ms)
 {
@@ -129,23 +138,30 @@ sn_rc_t sn_leader_try(sn_leader_t *self, uint64_t *fence)
     const char *keys[] = {self->lock_key, self->fence_key};
     const char *args[] = {self->token, self->instance, ttl};
     int64_t start = sn_mono_ms();
+    /* Whatever happens below, the next try is one renew interval away unless a refusal
+     * says when the holder's lock lapses. */
+    self->next_tick = start + self->ttl_ms / 3;
     redisReply *r = NULL;
     sn_rc_t rc = sn_redis_fcall(self->redis, SN_REDIS_LEASE, self->ttl_ms / 3, &r,
                                 "sn_leader_acquire", 2, keys, 3, args, NULL);
     if (rc != SN_OK)
         return rc;
-    long long won = 0;
+    long long won = 0, pttl = -1;
     uint64_t f = 0;
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && s_reply_int(r->element[0], &won) &&
         r->element[1]->type == REDIS_REPLY_STRING) {
         f = strtoull(r->element[1]->str, NULL, 10);
         rc = won == 1 ? SN_OK : SN_DECLINED;
+        if (won != 1 && r->elements >= 4)
+            (void)s_reply_int(r->element[3], &pttl);
     } else {
         sn_warn("leader", "role %s: acquire refused by Redis: %s", self->role,
                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         rc = sn_redis_reply_is_transient(r) ? SN_AGAIN : SN_ERROR;
     }
     freeReplyObject(r);
+    if (rc == SN_DECLINED)
+        self->next_tick = s_retry_at(self, pttl);
     if (rc != SN_OK)
         return rc;
     if (start + self->ttl_ms - self->margin_ms <= sn_mono_ms()) {
@@ -231,13 +247,26 @@ sn_leader_change_t sn_leader_tick(sn_leader_t *self, int64_t now_ms)
 {
     SN_ASSERT(self);
     if (__atomic_load_n(&self->is_leader, __ATOMIC_SEQ_CST)) {
-        if (now_ms >= __atomic_load_n(&self->valid_until, __ATOMIC_SEQ_CST)) {
+        /* The holder renews every interval, counted from the end of this tick as the
+         * loop always did; a step-down waits one interval before trying again. */
+        sn_leader_change_t change = SN_LEADER_STEPPED_DOWN;
+        if (now_ms >= __atomic_load_n(&self->valid_until, __ATOMIC_SEQ_CST))
             s_step_down(self, "renewal deadline passed");
-            return SN_LEADER_STEPPED_DOWN;
-        }
-        return sn_leader_renew(self) == SN_OK ? SN_LEADER_NONE : SN_LEADER_STEPPED_DOWN;
+        else if (sn_leader_renew(self) == SN_OK)
+            change = SN_LEADER_NONE;
+        self->next_tick = sn_mono_ms() + self->ttl_ms / 3;
+        return change;
     }
-    return sn_leader_try(self, NULL) == SN_OK ? SN_LEADER_ELECTED : SN_LEADER_NONE;
+    if (sn_leader_try(self, NULL) != SN_OK)
+        return SN_LEADER_NONE; /* next_tick set by the try */
+    self->next_tick = sn_mono_ms() + self->ttl_ms / 3;
+    return SN_LEADER_ELECTED;
+}
+
+int64_t sn_leader_next_tick_ms(sn_leader_t *self)
+{
+    SN_ASSERT(self);
+    return self->next_tick;
 }
 
 bool sn_leader_is_leader(sn_leader_t *self)
@@ -323,6 +352,25 @@ static void s_step_down(sn_leader_t *self, const char *why)
     }
     sn_warn("leader", "role %s: stepped down instance=%s fence=%" PRIu64 ": %s", self->role,
             self->instance, __atomic_load_n(&self->fence, __ATOMIC_SEQ_CST), why);
+}
+
+/* When a standby refused by a lock with @pttl ms left (-1/-2: no expiry or unknown)
+ * should try again: just after the lapse, with a little jitter so that several standbys
+ * do not arrive in the same millisecond, no sooner than S_RETRY_MIN_MS (a lock about to
+ * lapse cannot make a standby spin) and no later than one renew interval. Measured from
+ * the answer, which is after Redis read the PTTL, so the try never lands early. */
+static int64_t s_retry_at(sn_leader_t *self, long long pttl)
+{
+    int64_t interval = self->ttl_ms / 3;
+    if (pttl < 0)
+        return sn_mono_ms() + interval;
+    int64_t delay =
+        pttl + S_RETRY_SLACK_MS + (int64_t)(sn_random_u64() % (uint64_t)(S_RETRY_JITTER_MS + 1));
+    if (delay < S_RETRY_MIN_MS)
+        delay = S_RETRY_MIN_MS;
+    if (delay > interval)
+        delay = interval;
+    return sn_mono_ms() + delay;
 }
 
 static bool s_reply_int(const redisReply *r, long long *out)

@@ -102,15 +102,21 @@ sn_rc_t sn_proto_decode(const sn_proto_bytes_t *frames, size_t count, sn_proto_d
         return SN_OK;
     case SN_PROTO_REQUEST:
         want = dir == SN_PROTO_UP ? 3 : 5;
+        /* The meta frame first, whatever the frame count: a REQUEST whose ids can be read
+         * is answerable (docs/protocol.md §9), so the caller learns them even when the
+         * rest is malformed. */
+        if (n >= 2 && s_read_meta(&f[1], out))
+            out->cmd = SN_PROTO_REQUEST;
         if (n < want)
             return s_fail(why, "too-few-frames");
         if (n > want)
             return s_fail(why, "too-many-frames");
-        if (!s_read_meta(&f[1], out))
+        if (out->cmd != SN_PROTO_REQUEST)
             return s_fail(why, "bad-meta");
-        out->cmd = SN_PROTO_REQUEST;
         if (out->request_id == 0)
             return s_fail(why, "bad-request-id");
+        if (out->attempt == 0)
+            return s_fail(why, "bad-attempt");
         if (out->deadline_ms > SN_PROTO_MAX_DEADLINE_MS)
             return s_fail(why, "bad-deadline");
         if (!sn_proto_name_ok(f[0].data, f[0].len))
@@ -133,16 +139,26 @@ sn_rc_t sn_proto_decode(const sn_proto_bytes_t *frames, size_t count, sn_proto_d
             want = dir == SN_PROTO_UP ? 1 : 2;
         else
             want = dir == SN_PROTO_UP ? 3 : 2;
-        if (n < want)
-            return s_fail(why, "too-few-frames");
-        if (n > want)
-            return s_fail(why, "too-many-frames");
-        if (!s_read_ids(&f[0], out))
-            return s_fail(why, "bad-ids");
-        if (out->request_id == 0)
-            return s_fail(why, "bad-request-id");
         {
             bool has_route = (cmd == SN_PROTO_CANCEL) ? dir == SN_PROTO_DOWN : dir == SN_PROTO_UP;
+            /* As for REQUEST: the ids (and route) first, so that the broker can tell which
+             * request a malformed answer was meant for (docs/protocol.md §9). */
+            if (n >= 1 && s_read_ids(&f[0], out) && out->request_id != 0) {
+                if (!has_route) {
+                    out->cmd = cmd;
+                } else if (n >= 2 && s_route_ok(&f[1])) {
+                    out->route = f[1];
+                    out->cmd = cmd;
+                }
+            }
+            if (n < want)
+                return s_fail(why, "too-few-frames");
+            if (n > want)
+                return s_fail(why, "too-many-frames");
+            if (!s_read_ids(&f[0], out))
+                return s_fail(why, "bad-ids");
+            if (out->request_id == 0)
+                return s_fail(why, "bad-request-id");
             size_t next = 1;
             if (has_route) {
                 if (!s_route_ok(&f[1]))
@@ -157,9 +173,9 @@ sn_rc_t sn_proto_decode(const sn_proto_bytes_t *frames, size_t count, sn_proto_d
                     return s_fail(why, "bad-reason");
                 out->reason = f[next].data[0];
             }
+            out->cmd = cmd;
+            return SN_OK;
         }
-        out->cmd = cmd;
-        return SN_OK;
     case SN_PROTO_HEARTBEAT:
         if (n < 1)
             return s_fail(why, "too-few-frames");

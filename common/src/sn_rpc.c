@@ -127,8 +127,9 @@ sn_rc_t sn_rpc_send(sn_rpc_t *self, const char *service, const void *env, size_t
 sn_rc_t sn_rpc_send_id(sn_rpc_t *self, uint64_t request_id, const char *service, const void *env,
                        size_t len, uint32_t deadline_ms, uint32_t attempt)
 {
-    if (request_id == 0 || !service || !sn_proto_name_ok(service, strlen(service)) ||
-        deadline_ms > SN_PROTO_MAX_DEADLINE_MS || (len > 0 && !env))
+    if (request_id == 0 || attempt == 0 || !service ||
+        !sn_proto_name_ok(service, strlen(service)) || deadline_ms > SN_PROTO_MAX_DEADLINE_MS ||
+        (len > 0 && !env))
         return SN_ERROR;
     char key[24];
     s_key(key, sizeof key, request_id);
@@ -213,6 +214,9 @@ void sn_rpc_tick(sn_rpc_t *self)
         return;
     }
     s_check_monitor(self);
+    /* Checked before anything queued is read (sn_rpc_recv, sn_rpc_send and sn_rpc_call
+     * tick first): after this thread was stopped for the silence window, heartbeats the
+     * broker sent before it declared us dead must not hide that it did (§7). */
     if (now >= self->broker_deadline) {
         s_reset(self, "broker silent");
         return;

@@ -1,11 +1,15 @@
 /* Worker side of SNP/1. The worker keeps its service table (name, credit) across
  * connections: every new socket starts with READY listing all of it. Its heartbeats carry
  * the worker flag, so a broker that does not know it (restarted, or declared it dead)
- * answers DISCONNECT and the worker re-registers on a new socket. */
+ * answers DISCONNECT and the worker re-registers on a new socket. It also keeps the set
+ * of requests it holds on the current socket, so that it enforces its own credit: a
+ * REQUEST for a service it does not serve, or beyond its credit, is refused here with a
+ * NAK (docs/protocol.md §3.3) and never reaches the application. */
 #include "sentinel/sn_worker.h"
 
 #include <czmq.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,7 +20,11 @@
 typedef struct {
     char name[SN_PROTO_MAX_NAME + 1];
     uint32_t credit;
+    uint32_t held; /* requests of this service held on the current socket */
 } s_service_t;
+
+/* Key of a held request: "<route hex>:<request id>:<attempt>". */
+#define S_HELD_KEY_MAX (2 * SN_PROTO_MAX_ROUTE + 48)
 
 struct sn_worker {
     char *endpoint;
@@ -34,6 +42,8 @@ struct sn_worker {
     sn_backoff_t backoff;
     s_service_t services[SN_PROTO_MAX_SERVICES];
     size_t service_count;
+    zhash_t *held;    /* held key -> s_service_t* (borrowed from services) */
+    uint64_t refused; /* REQUESTs refused here (unknown service, beyond credit) */
 };
 
 static sn_rc_t s_open(sn_worker_t *self);
@@ -42,6 +52,11 @@ static void s_reset(sn_worker_t *self, const char *why);
 static void s_send_ready(sn_worker_t *self);
 static void s_heartbeat(sn_worker_t *self);
 static sn_rc_t s_answer(sn_worker_t *self, const sn_worker_ticket_t *t, sn_proto_msg_t *m);
+static void s_held_key(char *out, const uint8_t *route, size_t route_len, uint64_t id,
+                       uint32_t attempt);
+static s_service_t *s_held_take(sn_worker_t *self, const uint8_t *route, size_t route_len,
+                                uint64_t id, uint32_t attempt);
+static bool s_admit(sn_worker_t *self, const sn_proto_msg_t *m);
 
 sn_worker_t *sn_worker_new(const char *endpoint, const sn_curve_keys_t *curve)
 {
@@ -60,7 +75,9 @@ sn_worker_t *sn_worker_new(const char *endpoint, const sn_curve_keys_t *curve)
     self->heartbeat_ms = 1000;
     self->liveness = 3;
     sn_backoff_init(&self->backoff, 250, 10000);
+    self->held = zhash_new();
     if (s_open(self) != SN_OK) {
+        zhash_destroy(&self->held);
         free(self->endpoint);
         free(self);
         return NULL;
@@ -82,6 +99,7 @@ void sn_worker_destroy(sn_worker_t **self_p)
         }
         zmq_close(self->sock);
     }
+    zhash_destroy(&self->held);
     free(self->endpoint);
     free(self);
     *self_p = NULL;
@@ -173,7 +191,12 @@ sn_rc_t sn_worker_recv(sn_worker_t *self, sn_worker_event_t *ev)
             self->broker_deadline = sn_mono_ms() + (int64_t)self->heartbeat_ms * self->liveness;
             self->registered = true;
             sn_backoff_reset(&self->backoff);
-            if (m.cmd == SN_PROTO_REQUEST || m.cmd == SN_PROTO_CANCEL) {
+            if (m.cmd == SN_PROTO_CANCEL &&
+                !s_held_take(self, m.route.data, m.route.len, m.request_id, m.attempt)) {
+                /* Already answered (the CANCEL crossed our answer): nothing to stop. */
+            } else if (m.cmd == SN_PROTO_REQUEST && !s_admit(self, &m)) {
+                /* Refused with a NAK by s_admit. */
+            } else if (m.cmd == SN_PROTO_REQUEST || m.cmd == SN_PROTO_CANCEL) {
                 ev->type = m.cmd == SN_PROTO_REQUEST ? SN_WORKER_REQUEST : SN_WORKER_CANCEL;
                 memcpy(ev->ticket.route, m.route.data, m.route.len);
                 ev->ticket.route_len = m.route.len;
@@ -215,6 +238,11 @@ void sn_worker_event_fini(sn_worker_event_t *ev)
         ev->body = NULL;
         ev->body_len = 0;
     }
+}
+
+uint64_t sn_worker_refused(sn_worker_t *self)
+{
+    return self->refused;
 }
 
 sn_rc_t sn_worker_reply(sn_worker_t *self, const sn_worker_ticket_t *ticket, const void *env,
@@ -278,7 +306,74 @@ static sn_rc_t s_answer(sn_worker_t *self, const sn_worker_ticket_t *t, sn_proto
     m->route = (sn_proto_bytes_t){t->route, t->route_len};
     if (sn_proto_send(self->sock, NULL, 0, m, SN_PROTO_UP) != SN_OK)
         return SN_AGAIN;
+    /* The unit of credit returns once the answer is on its way. An answer to a request we
+     * no longer hold (cancelled) is still sent: the broker drops it as stale (§4). */
+    (void)s_held_take(self, t->route, t->route_len, t->request_id, t->attempt);
     return SN_OK;
+}
+
+static void s_held_key(char *out, const uint8_t *route, size_t route_len, uint64_t id,
+                       uint32_t attempt)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < route_len; i++) {
+        out[2 * i] = digits[route[i] >> 4];
+        out[2 * i + 1] = digits[route[i] & 15];
+    }
+    snprintf(out + 2 * route_len, S_HELD_KEY_MAX - 2 * route_len, ":%llu:%u",
+             (unsigned long long)id, attempt);
+}
+
+/* Forgets a held request and returns its unit of credit; its service, or NULL if it was
+ * not held. */
+static s_service_t *s_held_take(sn_worker_t *self, const uint8_t *route, size_t route_len,
+                                uint64_t id, uint32_t attempt)
+{
+    char key[S_HELD_KEY_MAX];
+    s_held_key(key, route, route_len, id, attempt);
+    s_service_t *svc = zhash_lookup(self->held, key);
+    if (!svc)
+        return NULL;
+    zhash_delete(self->held, key);
+    if (svc->held > 0)
+        svc->held--;
+    return svc;
+}
+
+/* §3.3: a REQUEST for a service this worker does not serve is answered NAK invalid, one
+ * beyond its current credit for the service (e.g. one that crossed a READY lowering it)
+ * NAK overloaded. True if the request is admitted (and now held). */
+static bool s_admit(sn_worker_t *self, const sn_proto_msg_t *m)
+{
+    s_service_t *svc = NULL;
+    for (size_t i = 0; i < self->service_count && !svc; i++)
+        if (strlen(self->services[i].name) == m->service.len &&
+            memcmp(self->services[i].name, m->service.data, m->service.len) == 0)
+            svc = &self->services[i];
+    uint8_t reason = SN_NAK_NONE;
+    if (!svc)
+        reason = SN_NAK_INVALID;
+    else if (svc->held >= svc->credit)
+        reason = SN_NAK_OVERLOADED;
+    if (reason != SN_NAK_NONE) {
+        self->refused++;
+        sn_warn("worker", "REQUEST refused id=%llu service=%.*s reason=%s",
+                (unsigned long long)m->request_id, (int)m->service.len,
+                (const char *)m->service.data, sn_nak_reason_name(reason));
+        sn_proto_msg_t nak = {.cmd = SN_PROTO_NAK,
+                              .request_id = m->request_id,
+                              .attempt = m->attempt,
+                              .route = m->route,
+                              .reason = reason};
+        if (sn_proto_send(self->sock, NULL, 0, &nak, SN_PROTO_UP) != SN_OK)
+            sn_warn("worker", "NAK not sent: %s", zmq_strerror(errno));
+        return false;
+    }
+    char key[S_HELD_KEY_MAX];
+    s_held_key(key, m->route.data, m->route.len, m->request_id, m->attempt);
+    if (zhash_insert(self->held, key, svc) == 0)
+        svc->held++;
+    return true;
 }
 
 static sn_rc_t s_open(sn_worker_t *self)
@@ -295,6 +390,11 @@ static sn_rc_t s_open(sn_worker_t *self)
     self->generation++;
     self->connected = false;
     self->registered = false;
+    /* What the old socket held is gone with it: its broker answered it worker-lost. */
+    zhash_destroy(&self->held);
+    self->held = zhash_new();
+    for (size_t i = 0; i < self->service_count; i++)
+        self->services[i].held = 0;
     return SN_OK;
 }
 

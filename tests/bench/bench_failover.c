@@ -8,9 +8,11 @@
  *   failover     = term entry time - kill time
  *   after expiry = term entry time - (time of the PTTL read + PTTL).
  * A replacement standby is started once the new leader has written, after a random delay
- * within the renew interval: a standby tries the lock every renew interval counted from its
- * own start, so starting it right after the election would align its tries with the
- * leader's renewals and make every failover look like the best case. */
+ * within the renew interval. A standby used to try the lock every renew interval counted
+ * from its own start, so starting it right after the election aligned its tries with the
+ * leader's renewals and made every failover look like the best case; it now schedules its
+ * next try from the lock's PTTL (sn_leader_next_tick_ms), and the random start is kept so
+ * that the figure cannot come from such an alignment. */
 #include "bench.h"
 
 #include <hiredis/hiredis.h>
@@ -267,8 +269,8 @@ int bench_failover(void)
                    k, pttl, nw.holder, fail_s[done], after_ms[done]);
         done++;
         w = nw;
-        /* The standby tries every renew interval from its own start: start it at a random
-         * phase of the new leader's renewals, or the two schedules stay aligned. */
+        /* Start the standby at a random phase of the new leader's renewals, so that no
+         * alignment of the two schedules can help the figure. */
         s_nap_ms((int)(sn_random_u64() % S_RENEW_MS));
         if (!s_spawn(fo)) {
             bench_note("failover: cannot start a replacement standby");

@@ -420,7 +420,8 @@ def _check_meta(request_id, deadline_ms, attempt):
         raise Malformed("meta: request_id 0")
     if deadline_ms > MAX_DEADLINE_MS:
         raise Malformed("meta: deadline_ms %d > %d" % (deadline_ms, MAX_DEADLINE_MS))
-    del attempt  # the spec gives attempt no range (see the report)
+    if attempt == 0:  # section 2.2: 1..2^32-1 in a REQUEST (in `ids` it is only matched)
+        raise Malformed("meta: attempt 0")
 
 
 def _decode_ids(frame):
@@ -640,6 +641,7 @@ class Worker:
         self.liveness_losses = 0
         self.connects = 0       # sockets opened (READY sent on each)
         self.malformed = []     # (frames, reason) received and dropped
+        self.refused = []       # (Request, reason) NAKed by the worker itself (section 3.3)
         self.heartbeats_in = 0
         self.heartbeat_flags = set()  # flags of the broker's heartbeats
         self.error = None
@@ -681,6 +683,7 @@ class Worker:
                     "disconnects": self.disconnects, "connects": self.connects,
                     "liveness_losses": self.liveness_losses, "malformed": list(self.malformed),
                     "heartbeats_in": self.heartbeats_in, "error": self.error,
+                    "refused": list(self.refused),
                     "heartbeat_flags": set(self.heartbeat_flags),
                     "paused": self._paused, "held": len(self.held)}
 
@@ -823,6 +826,17 @@ class Worker:
             return "reconnect"
         elif msg.command == REQUEST:
             req = Request(msg, self.generation, time.monotonic())
+            # section 3.3: a service not served -> invalid; beyond the credit -> overloaded
+            credit = self.credits.get(req.service)
+            reason = None
+            if credit is None:
+                reason = NAK_INVALID
+            elif sum(1 for r in self.held.values() if r.service == req.service) >= credit:
+                reason = NAK_OVERLOADED
+            if reason is not None:
+                self._send(msg_nak(req.request_id, req.attempt, req.route, reason))
+                self._note(lambda: self.refused.append((req, reason)))
+                return None
             self.held[req.key] = req
             self._note(lambda: self.requests.append(req))
             answer = self.handler(self, req)

@@ -1,5 +1,6 @@
 /* Integration tests for sn_journal against a real redis-server (tests/support) and an
- * in-test XSUB/XPUB proxy: atomic commits, fencing, the outbox order, replay + live
+ * in-test XSUB/XPUB proxy: atomic commits, group commits (all or nothing, published in
+ * order after the write), fencing, the outbox order, replay + live
  * reading, gaps after trimming, consumer groups with a dead replica, and two child
  * processes (this same binary re-executed): one SIGKILLed between its journal write and
  * its publish, one SIGTERMed right after a burst. */
@@ -465,6 +466,231 @@ static void test_sn_journal_commit_fcall_variant(void **state)
     assert_int_equal(s_xlen(fx), 1);
 }
 
+/* ---- group commit ------------------------------------------------------------------ */
+
+typedef struct {
+    s_fx_t *fx;
+    int calls;
+    long long xlen_seen[8]; /* the stream length at each on_written call */
+    char ids[8][SN_JOURNAL_ID_MAX];
+} s_written_t;
+
+static void s_on_written(void *arg, const char *stream_id)
+{
+    s_written_t *w = arg;
+    assert_true(w->calls < 8);
+    w->xlen_seen[w->calls] = s_xlen(w->fx);
+    sn_strlcpy(w->ids[w->calls], stream_id, SN_JOURNAL_ID_MAX);
+    w->calls++;
+}
+
+enum { S_BATCH = 5 };
+
+/* FCALLs the server has run so far (INFO commandstats). */
+static long long s_fcall_count(s_fx_t *fx)
+{
+    redisReply *r = redisCommand(fx->raw, "INFO commandstats");
+    assert_true(r && r->type == REDIS_REPLY_STRING);
+    const char *p = strstr(r->str, "cmdstat_fcall:calls=");
+    long long n = p ? strtoll(p + strlen("cmdstat_fcall:calls="), NULL, 10) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+/* Five events, each with its own ops: one call, all written before the first publish,
+ * published in order with consecutive seqs and increasing stream ids. */
+static void test_sn_journal_commit_batch_writes_then_publishes_in_order(void **state)
+{
+    s_fx_t *fx = *state;
+    s_written_t w = {.fx = fx};
+    sn_journal_opts_t jo = {.redis = fx->r,
+                            .bus = fx->pub,
+                            .source = &fx->src,
+                            .on_written = s_on_written,
+                            .on_written_arg = &w};
+    sn_journal_t *j = sn_journal_new(&jo);
+    s_event_t e[S_BATCH];
+    sn_envelope_t *envs[S_BATCH];
+    sn_journal_ops_t *ops[S_BATCH];
+    sn_journal_result_t res[S_BATCH];
+    for (int i = 0; i < S_BATCH; i++) {
+        envs[i] = s_event(&e[i], "t.batch", i);
+        ops[i] = sn_journal_ops_new();
+        char key[32], val[8];
+        snprintf(key, sizeof key, "run:%d", i);
+        snprintf(val, sizeof val, "s%d", i);
+        sn_journal_ops_hset(ops[i], key, "state", val, strlen(val));
+        sn_journal_ops_sadd(ops[i], "runs", key); /* a key shared across events */
+    }
+    sn_journal_ops_destroy(&ops[3]); /* an event without ops (NULL) */
+    uint64_t seq0 = fx->src.seq;
+    long long fcalls0 = s_fcall_count(fx);
+    assert_int_equal(sn_journal_commit_batch(j, S_BATCH, (const sn_journal_ops_t *const *)ops, NULL,
+                                             0, envs, res),
+                     SN_OK);
+    assert_int_equal(s_fcall_count(fx), fcalls0 + 1); /* one call for the five */
+    /* Every on_written (and so every publish, which follows it) saw all five entries. */
+    assert_int_equal(w.calls, S_BATCH);
+    for (int i = 0; i < S_BATCH; i++) {
+        assert_int_equal(w.xlen_seen[i], S_BATCH);
+        assert_string_equal(w.ids[i], res[i].stream_id);
+        assert_true(res[i].is_published);
+        assert_int_equal(res[i].seq, seq0 + 1 + (uint64_t)i);
+        if (i > 0)
+            assert_true(sn_journal_id_cmp(res[i - 1].stream_id, res[i].stream_id) < 0);
+    }
+    for (int i = 0; i < S_BATCH; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "run:%d", i);
+        assert_int_equal(s_raw_int(fx, "EXISTS %s", key), i == 3 ? 0 : 1);
+    }
+    assert_int_equal(s_raw_int(fx, "SCARD %s", "runs"), S_BATCH - 1);
+
+    /* The stream holds them in order; the bus carried the same bytes in the same order. */
+    redisReply *x = s_raw(fx, "XRANGE %s - +", SN_JOURNAL_STREAM);
+    assert_int_equal(x->elements, S_BATCH);
+    for (int i = 0; i < S_BATCH; i++) {
+        redisReply *entry = x->element[i];
+        assert_string_equal(entry->element[0]->str, res[i].stream_id);
+        redisReply *f = entry->element[1];
+        sn_bus_event_t ev;
+        assert_int_equal(sn_bus_sub_recv(fx->sub, 5000, &ev), SN_OK);
+        assert_string_equal(ev.topic, "t.batch");
+        assert_int_equal(ev.env->seq, res[i].seq);
+        assert_int_equal(ev.env->note->n, i);
+        assert_string_equal(ev.env->id, res[i].event_id);
+        assert_int_equal(ev.raw_len, f->element[3]->len);
+        assert_memory_equal(ev.raw, f->element[3]->str, ev.raw_len);
+        sn_bus_event_fini(&ev);
+    }
+    freeReplyObject(x);
+    assert_int_equal(s_bus_events_before_barrier(fx), 0);
+    sn_journal_stats_t st;
+    sn_journal_stats(j, &st);
+    assert_int_equal(st.committed, S_BATCH);
+    assert_int_equal(st.published, S_BATCH);
+    /* results may be NULL; a batch of one works. */
+    assert_int_equal(sn_journal_commit_batch(j, 1, NULL, NULL, 0, envs, NULL), SN_OK);
+    assert_int_equal(s_xlen(fx), S_BATCH + 1);
+    for (int i = 0; i < S_BATCH; i++)
+        sn_journal_ops_destroy(&ops[i]);
+    sn_journal_destroy(&j);
+}
+
+/* A bad op in the 3rd of 5 events, a type clash between two events, a fence refusal,
+ * a bad envelope, bad counts: nothing written, nothing published. */
+static void test_sn_journal_commit_batch_all_or_nothing(void **state)
+{
+    s_fx_t *fx = *state;
+    redisReply *rr = s_raw(fx, "SET %s text", "plain");
+    freeReplyObject(rr);
+    s_event_t e[S_BATCH];
+    sn_envelope_t *envs[S_BATCH];
+    sn_journal_ops_t *ops[S_BATCH];
+    for (int i = 0; i < S_BATCH; i++) {
+        envs[i] = s_event(&e[i], "t.atomic", i);
+        ops[i] = sn_journal_ops_new();
+        char key[32];
+        snprintf(key, sizeof key, "ok:%d", i);
+        sn_journal_ops_set(ops[i], key, "1", 1, 0);
+    }
+    const sn_journal_ops_t *const *cops = (const sn_journal_ops_t *const *)ops;
+    /* The 3rd event's second op is HSET on a string. */
+    sn_journal_ops_hset(ops[2], "plain", "f", "v", 1);
+    assert_int_equal(sn_journal_commit_batch(fx->j, S_BATCH, cops, NULL, 0, envs, NULL), SN_ERROR);
+    sn_journal_ops_destroy(&ops[2]);
+    ops[2] = sn_journal_ops_new();
+    sn_journal_ops_set(ops[2], "ok:2", "1", 1, 0);
+    /* Event 1 makes "shared" a string; event 4 wants it as a hash: the type tracked
+     * across the batch refuses it before any write. */
+    sn_journal_ops_set(ops[0], "shared", "1", 1, 0);
+    sn_journal_ops_hset(ops[3], "shared", "f", "v", 1);
+    assert_int_equal(sn_journal_commit_batch(fx->j, S_BATCH, cops, NULL, 0, envs, NULL), SN_ERROR);
+    sn_journal_ops_destroy(&ops[3]);
+    ops[3] = sn_journal_ops_new();
+    sn_journal_ops_set(ops[3], "ok:3", "1", 1, 0);
+
+    /* Fenced: a stale fence refuses the whole batch; the current one writes all. */
+    sn_leader_t *leader = sn_leader_new(fx->r, "batcher", "inst-1", 5000);
+    uint64_t fence = 0;
+    assert_int_equal(sn_leader_try(leader, &fence), SN_OK);
+    assert_int_equal(
+        sn_journal_commit_batch(fx->j, S_BATCH, cops, "leader:batcher", fence - 1, envs, NULL),
+        SN_DECLINED);
+    assert_int_equal(
+        sn_journal_commit_batch(fx->j, S_BATCH, cops, "leader:nobody", fence, envs, NULL),
+        SN_DECLINED);
+
+    /* Bad input, refused before Redis. */
+    assert_int_equal(sn_journal_commit_batch(fx->j, 0, cops, NULL, 0, envs, NULL), SN_ERROR);
+    assert_int_equal(
+        sn_journal_commit_batch(fx->j, SN_JOURNAL_BATCH_MAX + 1, cops, NULL, 0, envs, NULL),
+        SN_ERROR);
+    assert_int_equal(sn_journal_commit_batch(fx->j, S_BATCH, cops, NULL, 0, NULL, NULL), SN_ERROR);
+    assert_int_equal(sn_journal_commit_batch(fx->j, S_BATCH, cops, "", fence, envs, NULL),
+                     SN_ERROR);
+    sn_envelope_t *holey[S_BATCH] = {envs[0], envs[1], NULL, envs[3], envs[4]};
+    assert_int_equal(sn_journal_commit_batch(fx->j, S_BATCH, cops, NULL, 0, holey, NULL), SN_ERROR);
+    e[2].env.type = "";
+    assert_int_equal(sn_journal_commit_batch(fx->j, S_BATCH, cops, NULL, 0, envs, NULL), SN_ERROR);
+    e[2].env.type = "t.atomic";
+
+    for (int i = 0; i < S_BATCH; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "ok:%d", i);
+        assert_int_equal(s_raw_int(fx, "EXISTS %s", key), 0);
+    }
+    assert_int_equal(s_raw_int(fx, "EXISTS %s", "shared"), 0);
+    assert_int_equal(s_raw_int(fx, "EXISTS %s", SN_JOURNAL_STREAM), 0);
+    assert_int_equal(s_bus_events_before_barrier(fx), 0);
+
+    /* The Lua refuses hand-made layouts too: more events claimed than given, an event's
+     * key count beyond KEYS, keys left over. */
+    char *stream = sn_strdupf("%s%s", fx->ns, SN_JOURNAL_STREAM);
+    char *k1 = sn_strdupf("%sk1", fx->ns);
+    const char *bad[][12] = {
+        {"FCALL", "sentinel_journal_commit_batch", "1", stream, "10", "", "3", "0", "0", "t", "e",
+         NULL},
+        {"FCALL", "sentinel_journal_commit_batch", "1", stream, "10", "", "1", "2", "0", "t", "e",
+         NULL},
+        {"FCALL", "sentinel_journal_commit_batch", "2", stream, k1, "10", "", "1", "0", "0", "t",
+         "e"},
+        {"FCALL", "sentinel_journal_commit_batch", "1", stream, "10", "", "1", "0", "0", "t", "e",
+         "extra"},
+    };
+    for (size_t c = 0; c < SN_ARRAY_LEN(bad); c++) {
+        int argc = 0;
+        while (argc < 12 && bad[c][argc])
+            argc++;
+        redisReply *r = redisCommandArgv(fx->raw, argc, bad[c], NULL);
+        assert_non_null(r);
+        assert_int_equal(r->type, REDIS_REPLY_ERROR);
+        assert_non_null(strstr(r->str, "SNBAD"));
+        freeReplyObject(r);
+    }
+    free(stream);
+    free(k1);
+    assert_int_equal(s_raw_int(fx, "EXISTS %s", SN_JOURNAL_STREAM), 0);
+
+    /* The current fence: all five written, each envelope carries it. */
+    sn_journal_result_t res[S_BATCH];
+    assert_int_equal(
+        sn_journal_commit_batch(fx->j, S_BATCH, cops, "leader:batcher", fence, envs, res), SN_OK);
+    for (int i = 0; i < S_BATCH; i++) {
+        assert_int_equal(envs[i]->fence, fence);
+        assert_true(res[i].is_published);
+    }
+    assert_int_equal(s_xlen(fx), S_BATCH);
+    assert_int_equal(s_raw_int(fx, "EXISTS %s", "ok:4"), 1);
+    sn_journal_stats_t st;
+    sn_journal_stats(fx->j, &st);
+    assert_int_equal(st.declined, 2);
+    assert_int_equal(st.committed, S_BATCH);
+    sn_leader_destroy(&leader);
+    for (int i = 0; i < S_BATCH; i++)
+        sn_journal_ops_destroy(&ops[i]);
+}
+
 /* ---- reading ----------------------------------------------------------------------- */
 
 static sn_journal_reader_t *s_reader(s_fx_t *fx, const char *cursor, const char *group,
@@ -925,6 +1151,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_sn_journal_redis_down_publishes_nothing, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_journal_commit_fcall_variant, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_sn_journal_commit_batch_writes_then_publishes_in_order,
+                                        s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_sn_journal_commit_batch_all_or_nothing, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_journal_replay_then_live, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_journal_reader_bad_options, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_journal_malformed_entry_counted, s_setup,

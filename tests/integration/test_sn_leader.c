@@ -1,5 +1,6 @@
 /* Integration tests for sn_leader against a real redis-server: one leader per role,
- * takeover after the holder stops renewing, fenced writes (old and forged fences
+ * takeover after the holder stops renewing, a standby's next try right after the
+ * holder's lock lapses, fenced writes (old and forged fences
  * refused), the fence floored at Redis TIME, step-down when Redis goes away or the lock
  * is lost, token-checked release. */
 #include "sn_test.h"
@@ -12,6 +13,7 @@
 #include <time.h>
 
 #include "sentinel/sn_leader.h"
+#include "sentinel/sn_log.h"
 #include "sentinel/sn_redis.h"
 
 #define TTL_MS 450
@@ -155,6 +157,99 @@ static void test_sn_leader_one_leader_and_takeover(void **state)
     v = s_cli("EXISTS", ns, "leader:pilot", NULL);
     assert_string_equal(v, "0");
     free(v);
+    sn_redis_destroy(&ra);
+    sn_redis_destroy(&rb);
+    free(ns);
+}
+
+/* The standby's next try follows the holder's lock: while the holder renews, a standby
+ * tries once per renew interval (no tight loop); once the holder stops, the standby's
+ * next try lands just after the lock lapses, not up to a renew interval later. The
+ * standby starts half an interval out of phase with the holder, where a fixed-interval
+ * standby would take over ~interval/2 (150 ms) after the expiry. */
+#define S_PHASE_TTL_MS 900
+
+static void test_sn_leader_standby_tries_right_after_expiry(void **state)
+{
+    char *ns = sn_test_namespace("expiry");
+    sn_redis_t *ra = s_redis(ns), *rb = s_redis(ns);
+    sn_leader_t *a = sn_leader_new(ra, "pilot", "a", S_PHASE_TTL_MS);
+    sn_leader_t *b = sn_leader_new(rb, "pilot", "b", S_PHASE_TTL_MS);
+    int interval = sn_leader_renew_interval_ms(a);
+    assert_int_equal(sn_leader_next_tick_ms(b), 0); /* before the first tick: now */
+
+    int64_t t = sn_mono_ms();
+    assert_int_equal(sn_leader_tick(a, t), SN_LEADER_ELECTED);
+    int64_t next_a = sn_leader_next_tick_ms(a);
+    assert_true(next_a >= t + interval && next_a <= sn_mono_ms() + interval);
+    s_pace(t + interval / 2);
+
+    /* Both run on their own schedules for two ttls: a renews every interval, b tries
+     * once per interval (the lock always has more than an interval left). */
+    int b_ticks = 0;
+    int64_t last_renew_start = t, last_renew_end = t;
+    int64_t end = sn_mono_ms() + 2 * S_PHASE_TTL_MS;
+    while (sn_mono_ms() < end) {
+        int64_t now = sn_mono_ms();
+        if (now >= sn_leader_next_tick_ms(a)) {
+            last_renew_start = now;
+            assert_int_equal(sn_leader_tick(a, now), SN_LEADER_NONE);
+            last_renew_end = sn_mono_ms();
+            next_a = sn_leader_next_tick_ms(a);
+            assert_true(next_a >= last_renew_end + interval - 1 &&
+                        next_a <= last_renew_end + interval);
+        }
+        now = sn_mono_ms();
+        if (now >= sn_leader_next_tick_ms(b)) {
+            assert_int_equal(sn_leader_tick(b, now), SN_LEADER_NONE);
+            b_ticks++;
+            int64_t next_b = sn_leader_next_tick_ms(b);
+            assert_true(next_b >= sn_mono_ms() + 5 - 1 && next_b <= sn_mono_ms() + interval);
+        }
+        int64_t wake = sn_leader_next_tick_ms(a) < sn_leader_next_tick_ms(b)
+                           ? sn_leader_next_tick_ms(a)
+                           : sn_leader_next_tick_ms(b);
+        s_pace(wake);
+    }
+    assert_true(sn_leader_is_leader(a));
+    assert_true(b_ticks >= 2 * S_PHASE_TTL_MS / interval - 1);
+    assert_true(b_ticks <= 2 * S_PHASE_TTL_MS / interval + 2);
+
+    /* a freezes (no more ticks). Its lock lapses between last_renew_start + ttl and
+     * last_renew_end + ttl; b, ticking only when it asks to, takes over right after. */
+    int64_t elected_at = 0;
+    int tries = 0;
+    end = last_renew_end + 3 * S_PHASE_TTL_MS;
+    while (!elected_at && sn_mono_ms() < end) {
+        s_pace(sn_leader_next_tick_ms(b));
+        int64_t now = sn_mono_ms();
+        tries++;
+        if (sn_leader_tick(b, now) == SN_LEADER_ELECTED)
+            elected_at = now;
+    }
+    assert_true(elected_at > 0);
+    int64_t late = elected_at - (last_renew_end + S_PHASE_TTL_MS);
+    sn_info("test", "standby elected %" PRId64 " ms after the lock's latest expiry, %d tries", late,
+            tries);
+    assert_true(elected_at >= last_renew_start + S_PHASE_TTL_MS);
+    assert_true(late <= 75);
+    assert_true(tries <= S_PHASE_TTL_MS / interval + 3);
+    /* The new holder renews every interval; the old one steps down at its next tick. */
+    int64_t next_b = sn_leader_next_tick_ms(b);
+    assert_true(next_b >= elected_at + interval && next_b <= sn_mono_ms() + interval);
+    assert_int_equal(sn_leader_tick(a, sn_mono_ms()), SN_LEADER_STEPPED_DOWN);
+    assert_true(sn_leader_next_tick_ms(a) <= sn_mono_ms() + interval);
+
+    /* A lock without expiry (set by hand): the standby falls back to the interval. */
+    sn_leader_destroy(&b);
+    char *v = s_cli("SET", ns, "leader:pilot", "'1|tok|other'");
+    assert_string_equal(v, "OK");
+    free(v);
+    t = sn_mono_ms();
+    assert_int_equal(sn_leader_try(a, NULL), SN_DECLINED);
+    assert_true(sn_leader_next_tick_ms(a) >= t + interval);
+    assert_true(sn_leader_next_tick_ms(a) <= sn_mono_ms() + interval);
+    sn_leader_destroy(&a);
     sn_redis_destroy(&ra);
     sn_redis_destroy(&rb);
     free(ns);
@@ -328,6 +423,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sn_leader_bad_args),
         cmocka_unit_test(test_sn_leader_one_leader_and_takeover),
+        cmocka_unit_test(test_sn_leader_standby_tries_right_after_expiry),
         cmocka_unit_test(test_sn_leader_fenced_writes),
         cmocka_unit_test(test_sn_leader_fence_floored_at_time),
         cmocka_unit_test(test_sn_leader_steps_down_without_redis),

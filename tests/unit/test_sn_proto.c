@@ -240,6 +240,99 @@ static void test_sn_proto_malformed_request(void **state)
     assert_int_equal(sn_proto_decode(f, 6, SN_PROTO_DOWN, &m, &why), SN_OK);
 }
 
+/* §9: the ids of a malformed REQUEST are read whatever else is wrong, so that the broker
+ * can answer NAK invalid; request_id 0 is never answerable; attempt 0 is out of range. */
+static void test_sn_proto_malformed_request_ids(void **state)
+{
+    sn_proto_bytes_t f[8] = {{0}};
+    f[0] = B("SNP\x01\x02");
+    f[1] = B("echo");
+    f[2] = B("\0\0\0\0\0\0\0\x07\0\0\x13\x88\0\0\0\x02");
+    f[3] = B("body");
+    f[4] = B("extra");
+    sn_proto_msg_t m;
+    const char *why = NULL;
+    /* An extra (5th) frame. */
+    assert_int_equal(sn_proto_decode(f, 5, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_string_equal(why, "too-many-frames");
+    assert_int_equal(m.cmd, SN_PROTO_REQUEST);
+    assert_true(m.request_id == 7);
+    assert_int_equal(m.attempt, 2);
+    /* The envelope frame missing. */
+    assert_int_equal(sn_proto_decode(f, 3, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_string_equal(why, "too-few-frames");
+    assert_int_equal(m.cmd, SN_PROTO_REQUEST);
+    assert_true(m.request_id == 7);
+    /* No meta frame at all, or a short one: nothing to answer. */
+    assert_int_equal(sn_proto_decode(f, 2, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, 0);
+    f[2] = B("\0\0\0\0\0\0\0\x07\0\0\x13\x88\0\0\0");
+    assert_int_equal(sn_proto_decode(f, 5, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, 0);
+    /* attempt 0 is out of range in a REQUEST, both ways. */
+    f[2] = B("\0\0\0\0\0\0\0\x07\0\0\x13\x88\0\0\0\0");
+    s_refused(f, 4, SN_PROTO_UP, "bad-attempt");
+    assert_int_equal(sn_proto_decode(f, 4, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, SN_PROTO_REQUEST);
+    assert_true(m.request_id == 7);
+    assert_int_equal(m.attempt, 0);
+    f[4] = B("anonymous");
+    f[5] = (sn_proto_bytes_t){s_route, 5};
+    s_refused(f, 6, SN_PROTO_DOWN, "bad-attempt");
+    /* request_id 0 with an extra frame: still bad, and the caller sees id 0 (unanswerable). */
+    f[2] = B("\0\0\0\0\0\0\0\0\0\0\x13\x88\0\0\0\x01");
+    assert_int_equal(sn_proto_decode(f, 5, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_true(m.request_id == 0);
+}
+
+/* §9: a malformed REPLY/NAK from a worker still names its request when ids and route can be
+ * read; attempt is not range-checked in ids. */
+static void test_sn_proto_malformed_answer_ids(void **state)
+{
+    sn_proto_bytes_t f[6] = {{0}};
+    f[0] = B("SNP\x01\x04");
+    f[1] = B("\0\0\0\0\0\0\0\x07\0\0\0\x03");
+    f[2] = (sn_proto_bytes_t){s_route, 5};
+    f[3] = B("\x09");
+    f[4] = B("extra");
+    sn_proto_msg_t m;
+    const char *why = NULL;
+    /* An unknown reason. */
+    assert_int_equal(sn_proto_decode(f, 4, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_string_equal(why, "bad-reason");
+    assert_int_equal(m.cmd, SN_PROTO_NAK);
+    assert_true(m.request_id == 7);
+    assert_int_equal(m.attempt, 3);
+    assert_int_equal(m.route.len, 5);
+    assert_memory_equal(m.route.data, s_route, 5);
+    /* An extra frame; the reason frame missing. */
+    f[3] = B("\x03");
+    assert_int_equal(sn_proto_decode(f, 5, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, SN_PROTO_NAK);
+    assert_int_equal(sn_proto_decode(f, 3, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, SN_PROTO_NAK);
+    /* A REPLY with an extra frame. */
+    f[0] = B("SNP\x01\x03");
+    assert_int_equal(sn_proto_decode(f, 5, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, SN_PROTO_REPLY);
+    /* No usable route, or request_id 0: nothing named. */
+    f[2] = B("");
+    assert_int_equal(sn_proto_decode(f, 4, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, 0);
+    f[2] = (sn_proto_bytes_t){s_route, 5};
+    f[1] = B("\0\0\0\0\0\0\0\0\0\0\0\x03");
+    assert_int_equal(sn_proto_decode(f, 5, SN_PROTO_UP, &m, &why), SN_ERROR);
+    assert_int_equal(m.cmd, 0);
+    /* attempt 0 in ids is matched, not range-checked: a valid NAK (e.g. the broker's NAK
+     * invalid answering a REQUEST with attempt 0). */
+    f[0] = B("SNP\x01\x04");
+    f[1] = B("\0\0\0\0\0\0\0\x07\0\0\0\0");
+    f[2] = B("\x06");
+    assert_int_equal(sn_proto_decode(f, 3, SN_PROTO_DOWN, &m, &why), SN_OK);
+    assert_int_equal(m.attempt, 0);
+    assert_int_equal(m.reason, SN_NAK_INVALID);
+}
+
 static void test_sn_proto_malformed_answers(void **state)
 {
     sn_proto_bytes_t f[6] = {{0}};
@@ -370,6 +463,8 @@ int main(void)
         cmocka_unit_test(test_sn_proto_malformed_header),
         cmocka_unit_test(test_sn_proto_malformed_ready),
         cmocka_unit_test(test_sn_proto_malformed_request),
+        cmocka_unit_test(test_sn_proto_malformed_request_ids),
+        cmocka_unit_test(test_sn_proto_malformed_answer_ids),
         cmocka_unit_test(test_sn_proto_malformed_answers),
         cmocka_unit_test(test_sn_proto_names_and_integers),
         cmocka_unit_test(test_sn_proto_send_over_inproc),

@@ -24,10 +24,15 @@
 #define SN_JOURNAL_GAP_TYPE "sentinel.gap" /* type of the Gap entries a reader delivers */
 #define SN_JOURNAL_ID_MAX 48               /* a stream id "<ms>-<seq>" and its NUL */
 #define SN_JOURNAL_DEFAULT_MAX_LEN 1000000
+#define SN_JOURNAL_BATCH_MAX 256 /* events per sn_journal_commit_batch */
 
 /* The Lua body of library "sentinel_journal" (without the #!lua line). Functions:
  *   sentinel_journal_commit  KEYS: events [lock] opkeys...
  *                            ARGV: max_len fence|"" nops op... type env  -> stream id
+ *   sentinel_journal_commit_batch
+ *                            KEYS: events [lock] (opkeys of event 1) (opkeys of event 2)...
+ *                            ARGV: max_len fence|"" nevents
+ *                                  (nkeys nops op... type env) x nevents -> {stream id...}
  *   sentinel_journal_trim    KEYS: events  ARGV: max_age_ms              -> trimmed count
  * Role Lua that writes events must add them in the same entry format. */
 extern const char sn_journal_lua[];
@@ -109,6 +114,25 @@ SN_NODISCARD sn_rc_t sn_journal_commit(sn_journal_t *self, const sn_journal_ops_
                                        const char *fence_key, uint64_t fence, sn_envelope_t *env,
                                        sn_journal_result_t *out);
 
+/* Group commit: writes @count events (1..SN_JOURNAL_BATCH_MAX), each with its own state
+ * operations (@ops NULL: none for any; ops[i] NULL: none for event i), in ONE Redis
+ * Function call — one round trip and, with appendfsync always, one fsync for the lot —
+ * then publishes envs[0..count-1] on the bus in that order. All or nothing: every event
+ * and op is validated (key types tracked across the whole batch) before the first write,
+ * and the fence (as sn_journal_commit, @fence_key NULL: unfenced) is checked once for
+ * the batch, so a refusal writes none of them. Each envs[i] is stamped as by
+ * sn_journal_commit (seqs consecutive, in order); @results (may be NULL) has @count
+ * slots, results[i] for envs[i]; stream ids are increasing. Arrays are borrowed.
+ * Returns as sn_journal_commit, for the whole batch: SN_OK: all written (and handed to
+ * the bus one by one); SN_DECLINED: fence refused, nothing written; SN_ERROR: bad input
+ * (count out of range, a NULL env, an event without type or too large, a batch the Lua
+ * refused), nothing written; SN_AGAIN: unknown outcome, nothing published. Owner thread. */
+SN_NODISCARD sn_rc_t sn_journal_commit_batch(sn_journal_t *self, size_t count,
+                                             const sn_journal_ops_t *const *ops,
+                                             const char *fence_key, uint64_t fence,
+                                             sn_envelope_t *const *envs,
+                                             sn_journal_result_t *results);
+
 /* The same outbox rule through any Redis Function @fn whose contract is: the last two
  * ARGV are the type and the envelope bytes, it XADDs them in the entry format above and
  * returns the stream id (errors "SNFENCE ..." -> SN_DECLINED, other errors -> SN_ERROR
@@ -124,9 +148,9 @@ SN_NODISCARD sn_rc_t sn_journal_commit_fcall(sn_journal_t *self, const char *fn,
 SN_NODISCARD sn_rc_t sn_journal_trim(sn_journal_t *self, int64_t max_age_s, int64_t *trimmed);
 
 typedef struct {
-    uint64_t committed; /* writes Redis acknowledged */
-    uint64_t declined;  /* fenced writes refused */
-    uint64_t failed;    /* SN_ERROR and SN_AGAIN */
+    uint64_t committed; /* events Redis acknowledged (a batch counts each) */
+    uint64_t declined;  /* fenced writes refused (a batch counts once) */
+    uint64_t failed;    /* SN_ERROR and SN_AGAIN (a batch counts once) */
     uint64_t published; /* envelopes handed to the bus */
     uint64_t publish_failed;
 } sn_journal_stats_t;

@@ -64,10 +64,20 @@ SN_NODISCARD sn_rc_t sn_leader_renew(sn_leader_t *self);
  * Loop thread. */
 SN_NODISCARD sn_rc_t sn_leader_release(sn_leader_t *self);
 
-/* Call every sn_leader_renew_interval_ms: renews when leading (or steps down when the
- * local renewal deadline has passed or the renewal fails), tries to take the lock when
- * not. @now_ms is sn_mono_ms(). Returns what changed. Loop thread. */
+/* Call at sn_leader_next_tick_ms (or every sn_leader_renew_interval_ms): renews when
+ * leading (or steps down when the local renewal deadline has passed or the renewal
+ * fails), tries to take the lock when not. @now_ms is sn_mono_ms(). Returns what
+ * changed. Loop thread. */
 sn_leader_change_t sn_leader_tick(sn_leader_t *self, int64_t now_ms);
+
+/* When sn_leader_tick wants to run next, as an absolute sn_mono_ms() time: one renew
+ * interval after the last tick while leading (or after a step-down, an error or Redis
+ * trouble); after a refusal by another holder's lock (sn_leader_tick or sn_leader_try),
+ * a few ms (3..8, jittered) after that lock's PTTL lapses, at least 5 ms and at most one
+ * renew interval away — so a standby takes over right after the lock expires instead of
+ * up to a renew interval later, without polling faster than that while the holder
+ * renews. 0 (tick now) before the first tick. Loop thread. */
+int64_t sn_leader_next_tick_ms(sn_leader_t *self);
 
 /* True while this instance holds the lock and the local renewal deadline has not
  * passed. Any thread. */
@@ -76,7 +86,7 @@ bool sn_leader_is_leader(sn_leader_t *self);
 /* The fence of the current term, 0 when not leading. Any thread. */
 uint64_t sn_leader_fence(sn_leader_t *self);
 
-/* ttl / 3: how often sn_leader_tick should run. */
+/* ttl / 3: how often the holder renews (the longest sn_leader_next_tick_ms waits). */
 int sn_leader_renew_interval_ms(sn_leader_t *self);
 
 /* The role and instance (owned by @self). */

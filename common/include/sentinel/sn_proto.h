@@ -91,9 +91,14 @@ bool sn_proto_name_ok(const void *s, size_t len);
  * @frames). SN_OK, or SN_ERROR with *why set to a static reason ("too-few-frames",
  * "too-many-frames", "bad-header", "bad-signature", "bad-version", "unknown-command",
  * "wrong-direction", "bad-meta", "bad-ids", "bad-name", "bad-route", "bad-credit",
- * "bad-reason", "bad-flags", "bad-request-id", "bad-deadline"). When the error is in a
- * REQUEST after its meta frame was read, out->cmd and out->request_id/attempt are set so
- * the caller can answer NAK invalid. Pure; any thread. */
+ * "bad-reason", "bad-flags", "bad-request-id", "bad-attempt", "bad-deadline").
+ * On SN_ERROR, out->cmd is still set when the message names a request (docs/protocol.md
+ * §9): for a REQUEST whose second frame is a 16-byte meta (whatever the frame count),
+ * with out->request_id/attempt read from it (request_id may be 0: unanswerable); for a
+ * REPLY, NAK or CANCEL whose first frame is 12-byte ids with a non-zero request_id and,
+ * where the command carries one, whose second frame is a valid route (out->route set).
+ * Otherwise out->cmd is 0. attempt is range-checked (>= 1) in REQUESTs only; in `ids` it
+ * is matched, not interpreted. Pure; any thread. */
 SN_NODISCARD sn_rc_t sn_proto_decode(const sn_proto_bytes_t *frames, size_t count,
                                      sn_proto_dir_t dir, sn_proto_msg_t *out, const char **why);
 

@@ -2,9 +2,12 @@
  * endpoint. Asynchronous: sn_rpc_send returns a request id at once; results (REPLY or NAK)
  * come back through sn_rpc_recv, which the owner calls when sn_rpc_socket is readable or
  * on its timer. sn_rpc_call is a blocking helper for sentinelctl and tests. The client
- * heartbeats the broker and, after heartbeat_ms * liveness of silence from it, replaces its
- * socket with a new one (after a jittered backoff) and answers its outstanding requests
- * locally with NAK worker-lost. One client belongs to one thread. */
+ * sends a HEARTBEAT as soon as it connects (so the broker knows it and heartbeats back),
+ * then every interval. It replaces its socket with a new one (after a jittered backoff)
+ * and answers its outstanding requests locally with NAK worker-lost (§7.2) when: the
+ * broker is silent for heartbeat_ms * liveness (judged before reading what queued while
+ * this thread was not running); the broker sends DISCONNECT; or the TCP connection
+ * closes. One client belongs to one thread. */
 #ifndef SN_RPC_H
 #define SN_RPC_H
 
@@ -33,15 +36,16 @@ sn_rpc_t *sn_rpc_new(const char *endpoint, const sn_curve_keys_t *curve);
  * abandoned (the broker forgets them when our heartbeats stop). */
 void sn_rpc_destroy(sn_rpc_t **self_p);
 
-/* Heartbeat interval and liveness (defaults 1000 ms, 3); must match the broker's. */
+/* Heartbeat interval and liveness (defaults 1000 ms, 3); MUST be the broker's (the same
+ * config's broker.heartbeat_ms and broker.heartbeat_liveness, docs/protocol.md §7). */
 void sn_rpc_set_heartbeat(sn_rpc_t *self, int heartbeat_ms, int liveness);
 /* ZMQ_MAXMSGSIZE for the next socket (default 1 MiB). */
 void sn_rpc_set_max_frame(sn_rpc_t *self, int64_t max_frame_bytes);
 
 /* Sends a REQUEST for @service with @len envelope bytes at @env (copied), a relative
- * deadline (0 = broker default) and @attempt (1 for a first try). Writes the new request id
- * into *request_id. SN_OK; SN_ERROR for a bad service name or deadline; SN_AGAIN if the
- * socket cannot take it now. */
+ * deadline (0 = broker default) and @attempt (>= 1; 1 for a first try). Writes the new
+ * request id into *request_id. SN_OK; SN_ERROR for a bad service name, deadline or attempt
+ * 0; SN_AGAIN if the socket cannot take it now. */
 SN_NODISCARD sn_rc_t sn_rpc_send(sn_rpc_t *self, const char *service, const void *env, size_t len,
                                  uint32_t deadline_ms, uint32_t attempt, uint64_t *request_id);
 /* The same with a request id of the caller's choosing (not 0), e.g. to re-send a request

@@ -46,7 +46,8 @@ sn_worker_t *sn_worker_new(const char *endpoint, const sn_curve_keys_t *curve);
 /* Sends DISCONNECT (best effort), closes and frees; NULL-safe; nulls *self_p. */
 void sn_worker_destroy(sn_worker_t **self_p);
 
-/* Heartbeat interval and liveness (defaults 1000 ms, 3); must match the broker's. */
+/* Heartbeat interval and liveness (defaults 1000 ms, 3); MUST be the broker's (the same
+ * config's broker.heartbeat_ms and broker.heartbeat_liveness, docs/protocol.md §7). */
 void sn_worker_set_heartbeat(sn_worker_t *self, int heartbeat_ms, int liveness);
 
 /* Sets the credit for @service (0 = stop taking new requests for it, 1..1000) and tells
@@ -58,13 +59,20 @@ SN_NODISCARD sn_rc_t sn_worker_serve(sn_worker_t *self, const char *service, uin
 void *sn_worker_socket(sn_worker_t *self);
 
 /* Next event without blocking: SN_OK with *ev filled (free with sn_worker_event_fini);
- * SN_AGAIN if none. Also runs sn_worker_tick. */
+ * SN_AGAIN if none. Also runs sn_worker_tick. The worker enforces its credit itself
+ * (docs/protocol.md §3.3): a REQUEST for a service it does not serve is answered NAK
+ * invalid, one beyond its current credit for the service NAK overloaded, both here, and
+ * never returned. A CANCEL is returned only for a request still held (not yet answered):
+ * the request is then finished and its credit free; an answer to it would be dropped by
+ * the broker as stale. */
 SN_NODISCARD sn_rc_t sn_worker_recv(sn_worker_t *self, sn_worker_event_t *ev);
 void sn_worker_event_fini(sn_worker_event_t *ev);
 
-/* Answers the request of @ticket with @len envelope bytes (copied) or a NAK. SN_OK;
- * SN_DECLINED if the ticket belongs to an earlier connection (the broker that gave it is
- * gone and has answered worker-lost); SN_AGAIN if the socket cannot take it now. */
+/* Answers the request of @ticket with @len envelope bytes (copied) or a NAK (reason 1-6).
+ * SN_OK, and the request's unit of credit is free again; SN_DECLINED if the ticket belongs
+ * to an earlier connection (the broker that gave it is gone and has answered worker-lost);
+ * SN_AGAIN if the socket cannot take it now. Answering a cancelled request is allowed (the
+ * broker drops it as stale). */
 SN_NODISCARD sn_rc_t sn_worker_reply(sn_worker_t *self, const sn_worker_ticket_t *ticket,
                                      const void *env, size_t len);
 SN_NODISCARD sn_rc_t sn_worker_nak(sn_worker_t *self, const sn_worker_ticket_t *ticket,
@@ -77,6 +85,8 @@ int sn_worker_timeout_ms(sn_worker_t *self);
 
 /* Sockets created so far (1 after new; +1 per reconnect). */
 uint32_t sn_worker_connects(sn_worker_t *self);
+/* REQUESTs refused by the worker itself (unknown service or beyond credit), in total. */
+uint64_t sn_worker_refused(sn_worker_t *self);
 /* True once the broker has answered anything on the current socket since READY. */
 bool sn_worker_is_registered(sn_worker_t *self);
 
