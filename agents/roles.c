@@ -6,6 +6,8 @@ extern const sn_role_t local_deployer_role;
 extern const sn_role_t build_validator_role;
 extern const sn_role_t infraguard_role;
 extern const sn_role_t buildpilot_role;
+extern const sn_role_t deployment_watcher_role;
+extern const sn_role_t autoheal_executor_role;
 extern const sn_role_t notifier_role;
 
 const sn_role_t *const sn_roles[] = {
@@ -13,6 +15,8 @@ const sn_role_t *const sn_roles[] = {
     &build_validator_role,
     &infraguard_role,
     &buildpilot_role,
+    &deployment_watcher_role,
+    &autoheal_executor_role,
     &notifier_role,
     NULL,
 };
