@@ -9,6 +9,7 @@ extern const sn_role_t buildpilot_role;
 extern const sn_role_t deployment_watcher_role;
 extern const sn_role_t autoheal_executor_role;
 extern const sn_role_t notifier_role;
+extern const sn_role_t gateway_role;
 
 const sn_role_t *const sn_roles[] = {
     &local_deployer_role,
@@ -18,5 +19,6 @@ const sn_role_t *const sn_roles[] = {
     &deployment_watcher_role,
     &autoheal_executor_role,
     &notifier_role,
+    &gateway_role,
     NULL,
 };

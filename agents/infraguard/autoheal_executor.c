@@ -17,11 +17,10 @@
  * Past the budget the answer is ok=false "retry budget exhausted ..." (or the last
  * forwarded answer, when this call already made attempts).
  *
- * Every attempt is audited: an intent before it (no intent recorded: no attempt) and an
- * outcome after. Until sn_audit is wired into the runtime, the records are journal
- * events `heal.action` (body deploy or alert; labels action, phase, reason, target,
- * attempt, ok) written by s_audit, the one call site to switch to sn_audit_intent /
- * sn_audit_outcome.
+ * Every attempt is audited: an intent in the audit chain before it (no intent recorded:
+ * no attempt, fail closed) and an outcome after; each is also journaled as a `heal.action`
+ * event (body deploy or alert; labels action, phase, reason, target, attempt, ok) so the
+ * notifier and the API see it.
  *
  * Everything runs on the loop thread: forwarding is sn_ctx_call, backoff timers are
  * checked by on_tick, Redis calls (budget, journal) carry short timeouts. */
@@ -30,6 +29,7 @@
 #include <string.h>
 
 #include "sentinel/sn_agent.h"
+#include "sentinel/sn_audit.h"
 #include "sentinel/sn_backoff.h"
 #include "sentinel/sn_journal.h"
 #include "sentinel/sn_log.h"
@@ -82,6 +82,7 @@ typedef struct s_pending {
     uint32_t attempts; /* made by this request */
     uint8_t *last;     /* the last forwarded answer (packed envelope), for an early end */
     size_t last_len;
+    uint64_t audit_id; /* the audit intent of the attempt in flight */
 } s_pending_t;
 
 struct s_state {
@@ -488,12 +489,30 @@ static sn_rc_t s_audit(sn_ctx_t *ctx, s_pending_t *p, const char *phase, const c
     sn_envelope_add_label(&env, "requested_by", sn_request_principal(p->req));
     if (strcmp(phase, "outcome") == 0)
         sn_envelope_add_label(&env, "ok", ok ? "true" : "false");
-    sn_journal_result_t res;
-    sn_rc_t rc = sn_journal_commit(sn_ctx_journal(ctx), NULL, NULL, 0, &env, &res);
+    /* The audit record comes first: no intent in the chain, no side effect. */
+    sn_audit_t *audit = sn_ctx_audit(ctx);
+    sn_rc_t rc = SN_OK;
+    bool is_intent = strcmp(phase, "intent") == 0;
+    if (!audit) {
+        rc = is_intent ? SN_ERROR : SN_OK;
+        sn_warn(S_ROLE, "audit chain unavailable phase=%s %s", phase, p->what);
+    } else if (is_intent) {
+        char *actor = sn_strdupf("%s/%s", sn_ctx_role(ctx), sn_ctx_instance(ctx));
+        rc = sn_audit_intent(audit, actor, p->kind == S_ROLLBACK ? "heal.rollback" : "heal.retry",
+                             p->what, reason, &p->audit_id);
+        free(actor);
+    } else if (p->audit_id) {
+        rc = sn_audit_outcome(audit, p->audit_id, ok, reason);
+        p->audit_id = 0;
+    }
+    if (rc == SN_OK || !is_intent) {
+        sn_journal_result_t res;
+        sn_rc_t jrc = sn_journal_commit(sn_ctx_journal(ctx), NULL, NULL, 0, &env, &res);
+        if (jrc != SN_OK)
+            sn_warn(S_ROLE, "heal.action not journaled phase=%s %s rc=%s", phase, p->what,
+                    sn_rc_str(jrc));
+    }
     sn_envelope_fini_labels(&env);
-    if (rc != SN_OK)
-        sn_warn(S_ROLE, "heal.action not journaled phase=%s %s rc=%s", phase, p->what,
-                sn_rc_str(rc));
     return rc;
 }
 

@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <czmq.h>
 #include <openssl/crypto.h>
 
+#include "sentinel/sn_audit.h"
 #include "sentinel/sn_bus.h"
 #include "sentinel/sn_journal.h"
 #include "sentinel/sn_leader.h"
@@ -84,6 +86,7 @@ struct sn_ctx {
     bool has_curve;
 
     sn_redis_t *redis;
+    sn_audit_t *audit;
     sn_leader_t *leader;
     sn_metrics_t *metrics;
     s_thread_io_t io; /* the loop thread's */
@@ -261,6 +264,11 @@ sn_ledger_t *sn_ctx_ledger(sn_ctx_t *ctx)
 sn_journal_t *sn_ctx_journal(sn_ctx_t *ctx)
 {
     return s_tls_io ? s_tls_io->journal : ctx->io.journal;
+}
+
+sn_audit_t *sn_ctx_audit(sn_ctx_t *ctx)
+{
+    return ctx->audit;
 }
 
 sn_metrics_t *sn_ctx_metrics(sn_ctx_t *ctx)
@@ -497,6 +505,19 @@ static sn_rc_t s_setup(sn_ctx_t *ctx)
         return SN_ERROR;
     if (s_io_open(ctx, &ctx->io) != SN_OK)
         return SN_ERROR;
+    /* The audit chain: one thread-safe handle per process. Without it (an unusable key
+     * file) roles refuse side effects: sn_ctx_audit() is NULL and they fail closed. */
+    sn_audit_opts_t aopts = {
+        .redis = ctx->redis,
+        .source = &ctx->source,
+        .archive_path = cfg->audit_archive,
+        .key_file = cfg->audit_key_file,
+        .archive_every = 256,
+    };
+    if (cfg->state_dir && mkdir(cfg->state_dir, 0700) != 0 && errno != EEXIST)
+        sn_warn("agent", "cannot create state_dir %s: %s", cfg->state_dir, strerror(errno));
+    if (cfg->audit_archive && cfg->audit_key_file)
+        ctx->audit = sn_audit_new(&aopts);
 
     sn_bus_opts_t bopts;
     s_bus_opts(ctx, &bopts, cfg->broker.sub);
@@ -586,6 +607,7 @@ static void s_teardown(sn_ctx_t *ctx)
         free(c);
     }
     sn_leader_destroy(&ctx->leader);
+    sn_audit_destroy(&ctx->audit);
     sn_worker_destroy(&ctx->worker);
     sn_rpc_destroy(&ctx->rpc);
     sn_bus_sub_destroy(&ctx->sub);

@@ -250,6 +250,30 @@ static int s_actions(s_world_t *w, const char *deploy_id, const char *phase)
     return n;
 }
 
+/* Records of the audit chain (stream <ns>audit) that name @deploy_id. */
+static int s_audited(s_world_t *w, const char *deploy_id)
+{
+    char *key = sn_strdupf("%saudit", w->m.ns);
+    const char *argv[] = {"XRANGE", key, "-", "+"};
+    redisReply *r = NULL;
+    int n = 0;
+    if (sn_redis_cmd(w->redis, SN_REDIS_MAIN, 2000, &r, 4, argv, NULL) == SN_OK &&
+        r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++) {
+            const redisReply *fields = r->element[i]->element[1];
+            for (size_t f = 0; f < fields->elements; f++)
+                if (fields->element[f]->str && strstr(fields->element[f]->str, deploy_id)) {
+                    n++;
+                    break;
+                }
+        }
+    }
+    if (r)
+        freeReplyObject(r);
+    free(key);
+    return n;
+}
+
 static char *s_budget(s_world_t *w, const char *deploy_id)
 {
     char *key = sn_strdupf("heal:budget:%s", deploy_id);
@@ -283,6 +307,7 @@ static void test_autoheal_rollback_forwarded_to_the_target_host(void **state)
     /* Audited: an intent and an outcome each. */
     assert_int_equal(s_actions(w, "dep-rb1", "intent"), 1);
     assert_int_equal(s_actions(w, "dep-rb1", "outcome"), 1);
+    assert_true(s_audited(w, "dep-rb1") >= 2); /* intent and outcome in the audit chain */
     assert_int_equal(s_actions(w, "dep-rb2", "intent"), 1);
     /* A deployer failure is passed on, not retried by a rollback. */
     w->mode = 2;

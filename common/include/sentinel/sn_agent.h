@@ -21,6 +21,7 @@ typedef struct sn_request sn_request_t; /* one service request handed to the rol
 typedef struct sn_redis sn_redis_t;
 typedef struct sn_ledger sn_ledger_t;
 typedef struct sn_journal sn_journal_t;
+typedef struct sn_audit sn_audit_t;
 
 typedef enum {
     SN_LEADERSHIP_NONE = 0,  /* every instance serves */
@@ -72,6 +73,9 @@ sn_redis_t *sn_ctx_redis(sn_ctx_t *ctx);       /* any thread */
 sn_ledger_t *sn_ctx_ledger(sn_ctx_t *ctx);     /* any thread */
 sn_journal_t *sn_ctx_journal(sn_ctx_t *ctx);   /* any thread */
 sn_metrics_t *sn_ctx_metrics(sn_ctx_t *ctx);   /* any thread */
+/* The audit chain (thread-safe), or NULL when it could not be opened: a role then performs
+ * no side effect (fail closed). Any thread. */
+sn_audit_t *sn_ctx_audit(sn_ctx_t *ctx);
 bool sn_ctx_is_leader(sn_ctx_t *ctx);
 uint64_t sn_ctx_fence(sn_ctx_t *ctx);          /* 0 when not leading */
 /* True once shutdown began: job functions should finish or hand their job back. Any thread. */
