@@ -11,6 +11,7 @@
 #include "sentinel/sn_audit.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -1040,20 +1041,32 @@ static sn_rc_t s_load_key(const char *path, bool is_create, uint8_t key[S_KEY_LE
         sn_hex_encode(fresh, sizeof fresh, hex);
         sn_crypto_cleanse(fresh, sizeof fresh);
         hex[2 * S_KEY_LEN] = '\n';
-        int wfd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        /* Written whole under a temporary name, then published with link(), which fails
+         * if another process got there first: every process of a host starts at once and
+         * none may ever read a half-written key. */
+        char tmp[PATH_MAX];
+        snprintf(tmp, sizeof tmp, "%s.tmp-%d-%llx", path, (int)getpid(),
+                 (unsigned long long)sn_random_u64());
+        int wfd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (wfd >= 0) {
             int err = s_write_all(wfd, hex, 2 * S_KEY_LEN + 1);
             if (err == 0 && fsync(wfd) != 0)
                 err = errno;
             close(wfd);
             sn_crypto_cleanse(hex, sizeof hex);
+            if (err == 0) {
+                if (link(tmp, path) == 0)
+                    sn_info("audit", "created the head-signing key %s (keep it off Redis hosts)",
+                            path);
+                else if (errno != EEXIST)
+                    err = errno; /* EEXIST: another process published its key first */
+            }
+            unlink(tmp);
             if (err != 0) {
                 sn_error("audit", "cannot write the audit key %s: %s", path, strerror(err));
-                unlink(path);
                 return SN_ERROR;
             }
-            sn_info("audit", "created the head-signing key %s (keep it off Redis hosts)", path);
-        } else if (errno != EEXIST) {
+        } else {
             sn_crypto_cleanse(hex, sizeof hex);
             sn_error("audit", "cannot create the audit key %s: %s", path, strerror(errno));
             return SN_ERROR;

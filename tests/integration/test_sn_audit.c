@@ -525,6 +525,52 @@ static void *s_appender(void *arg)
     return NULL;
 }
 
+/* Every process of a host opens the audit chain at once: the first start creates the
+ * key, and no opener may ever read it half-written. */
+typedef struct {
+    s_fx_t *fx;
+    const char *key;
+    pthread_barrier_t *go;
+    bool ok;
+} s_opener_t;
+
+static void *s_opener(void *arg)
+{
+    s_opener_t *o = arg;
+    sn_audit_opts_t opts = {.redis = o->fx->r, .archive_path = o->fx->archive, .key_file = o->key};
+    pthread_barrier_wait(o->go);
+    sn_audit_t *a = sn_audit_new(&opts);
+    o->ok = a != NULL;
+    sn_audit_destroy(&a);
+    return NULL;
+}
+
+static void test_sn_audit_key_created_once_under_concurrent_opens(void **state)
+{
+    s_fx_t *fx = *state;
+    enum { ROUNDS = 20, THREADS = 8 };
+    for (int round = 0; round < ROUNDS; round++) {
+        char *key = sn_strdupf("%s/race-%d.key", fx->dir, round);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, THREADS);
+        pthread_t th[THREADS];
+        s_opener_t op[THREADS];
+        for (int i = 0; i < THREADS; i++) {
+            op[i] = (s_opener_t){fx, key, &go, false};
+            assert_int_equal(pthread_create(&th[i], NULL, s_opener, &op[i]), 0);
+        }
+        for (int i = 0; i < THREADS; i++) {
+            pthread_join(th[i], NULL);
+            assert_true(op[i].ok);
+        }
+        pthread_barrier_destroy(&go);
+        struct stat st;
+        assert_int_equal(stat(key, &st), 0);
+        assert_int_equal(st.st_size, 65); /* 64 hex characters and a newline */
+        free(key);
+    }
+}
+
 static void test_sn_audit_concurrent_appenders(void **state)
 {
     s_fx_t *fx = *state;
@@ -787,6 +833,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_sn_audit_key_file_rules, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_audit_tamper_in_redis, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_audit_tamper_in_archive, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_sn_audit_key_created_once_under_concurrent_opens,
+                                        s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_audit_concurrent_appenders, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_audit_writer_killed_mid_append, s_setup,
                                         s_teardown),
