@@ -243,7 +243,9 @@ static sn_rc_t s_prepare(ctl_sup_t *sup)
 {
     const sn_config_t *cfg = &sup->cfg;
     const char *state_dir = cfg->state_dir ? cfg->state_dir : "./var";
-    if (s_mkdirs(state_dir, 0700) != SN_OK)
+    /* 0711: builds run as an unprivileged user in state_dir/builds/<run> and must be able to
+     * traverse it; nothing in it can be listed, and every file keeps its own mode. */
+    if (s_mkdirs(state_dir, 0711) != SN_OK)
         return SN_ERROR;
 
     /* One supervisor per state directory: two would fight over the same redis socket. */

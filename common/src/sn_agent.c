@@ -514,7 +514,7 @@ static sn_rc_t s_setup(sn_ctx_t *ctx)
         .key_file = cfg->audit_key_file,
         .archive_every = 256,
     };
-    if (cfg->state_dir && mkdir(cfg->state_dir, 0700) != 0 && errno != EEXIST)
+    if (cfg->state_dir && mkdir(cfg->state_dir, 0711) != 0 && errno != EEXIST)
         sn_warn("agent", "cannot create state_dir %s: %s", cfg->state_dir, strerror(errno));
     if (cfg->audit_archive && cfg->audit_key_file)
         ctx->audit = sn_audit_new(&aopts);
