@@ -1,6 +1,8 @@
 /* End-to-end harness: the whole product under `sentinelctl up`. */
 #include "sn_e2e.h"
 
+#include "sentinel/sn_crypto.h"
+
 #include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -62,6 +64,13 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
     self->prod_preview_port = sn_test_free_port();
     self->gateway_port = sn_test_free_port();
     self->fake_port = sn_test_free_port();
+    self->sink_port = sn_test_free_port();
+    char alice[65], bob[65];
+    uint8_t digest[32];
+    SN_ASSERT(sn_sha256(SN_E2E_TOKEN_ALICE, strlen(SN_E2E_TOKEN_ALICE), digest) == SN_OK);
+    sn_hex_encode(digest, sizeof digest, alice);
+    SN_ASSERT(sn_sha256(SN_E2E_TOKEN_BOB, strlen(SN_E2E_TOKEN_BOB), digest) == SN_OK);
+    sn_hex_encode(digest, sizeof digest, bob);
     FILE *f = fopen(self->config, "w");
     if (!f)
         return false;
@@ -119,12 +128,17 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
             "channels:\n"
             "  - {name: log, type: log}\n"
             "  - {name: file, type: file, path: %s/notifications.jsonl}\n"
+            "  - {name: hook, type: webhook, url: \"http://127.0.0.1:%d/hook\", "
+            "secret: \"%s\", min_severity: critical, max_attempts: 3}\n"
             "gateway:\n  listen: 127.0.0.1:%d\n"
+            "  tokens:\n"
+            "    - {name: alice, role: operator, sha256: %s}\n"
+            "    - {name: bob, role: operator, sha256: %s}\n"
             "%s",
             self->ns, self->state, sn_test_free_port(), sn_test_free_port(), sn_test_free_port(),
             self->repo, SN_SOURCE_DIR, self->live_port, self->preview_port, self->fake_port,
-            self->prod_port, self->prod_preview_port, self->state, self->gateway_port,
-            extra_yaml ? extra_yaml : "");
+            self->prod_port, self->prod_preview_port, self->state, self->sink_port,
+            SN_E2E_WEBHOOK_SECRET, self->gateway_port, alice, bob, extra_yaml ? extra_yaml : "");
     fclose(f);
 
     /* The staging target's live URL goes through a proxy the test can break. */
@@ -133,14 +147,25 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
     char *upstream = sn_strdupf("http://127.0.0.1:%d", self->live_port);
     char *flag = sn_strdupf("%s/live-broken", self->dir);
     char *fake_log = sn_strdupf("%s/flaky_proxy.log", self->dir);
-    char *fake_argv[] = {"/usr/bin/python3", fake, "--port", port, "--upstream", upstream,
-                         "--fail-flag", flag, NULL};
+    char *fake_argv[] = {"/usr/bin/python3", fake,          "--port", port, "--upstream",
+                         upstream,           "--fail-flag", flag,     NULL};
     self->fake = sn_test_spawn(fake_argv, fake_log);
     free(fake);
     free(port);
     free(upstream);
     free(flag);
     free(fake_log);
+
+    /* The webhook receiver checks signatures and CloudEvents bodies and records. */
+    char *sink = sn_strdupf("%s/tests/fakes/webhook_sink.py", SN_SOURCE_DIR);
+    char *sink_port = sn_strdupf("%d", self->sink_port);
+    char *sink_log = sn_strdupf("%s/webhook_sink.log", self->dir);
+    char *sink_argv[] = {"/usr/bin/python3",    sink, "--port", sink_port, "--secret",
+                         SN_E2E_WEBHOOK_SECRET, NULL};
+    self->sink = sn_test_spawn(sink_argv, sink_log);
+    free(sink);
+    free(sink_port);
+    free(sink_log);
 
     char *ctl = sn_test_bin("sentinelctl");
     char *argv[] = {ctl, "up", self->config, NULL};
@@ -155,8 +180,9 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
     if (!self->redis || self->redis->err)
         return false;
     redisSetTimeout(self->redis, tv);
-    return s_sh(self->dir, "git clone -q '%s' clone && cd clone && git config user.email "
-                           "dev@example.com && git config user.name Dev",
+    return s_sh(self->dir,
+                "git clone -q '%s' clone && cd clone && git config user.email "
+                "dev@example.com && git config user.name Dev",
                 self->repo);
 }
 
@@ -168,6 +194,8 @@ int sn_e2e_stop(sn_e2e_t *self)
     int code = (st >= 0 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
     if (self->fake > 0)
         sn_test_stop(self->fake, SIGTERM, 5000);
+    if (self->sink > 0)
+        sn_test_stop(self->sink, SIGTERM, 5000);
     if (code != 0 || getenv("SN_E2E_DUMP")) {
         char *text = sn_test_read_file(self->log);
         if (text) {
@@ -228,16 +256,14 @@ Sentinel__V1__Run *sn_e2e_load_run(sn_e2e_t *self, const char *run_id)
     return run;
 }
 
-Sentinel__V1__Run *sn_e2e_find_run(sn_e2e_t *self, const char *env, const char *sha,
-                                   int timeout_ms)
+Sentinel__V1__Run *sn_e2e_find_run(sn_e2e_t *self, const char *env, const char *sha, int timeout_ms)
 {
     int64_t deadline = sn_mono_ms() + timeout_ms;
     while (sn_mono_ms() < deadline) {
         redisReply *ids = redisCommand(self->redis, "ZREVRANGE %sruns:all 0 50", self->ns);
         for (size_t i = 0; ids && ids->type == REDIS_REPLY_ARRAY && i < ids->elements; i++) {
             Sentinel__V1__Run *run = sn_e2e_load_run(self, ids->element[i]->str);
-            if (run && strcmp(run->environment, env) == 0 &&
-                (!sha || strcmp(run->sha, sha) == 0)) {
+            if (run && strcmp(run->environment, env) == 0 && (!sha || strcmp(run->sha, sha) == 0)) {
                 freeReplyObject(ids);
                 return run;
             }
@@ -292,20 +318,42 @@ static size_t s_write(char *ptr, size_t size, size_t n, void *arg)
 
 char *sn_e2e_get(int port, const char *path, long *status)
 {
+    return sn_e2e_http("GET", port, path, NULL, NULL, NULL, 3000, status);
+}
+
+char *sn_e2e_http(const char *method, int port, const char *path, const char *token,
+                  const char *body, const char *header, int timeout_ms, long *status)
+{
     CURL *c = curl_easy_init();
     if (!c)
         return NULL;
     char *url = sn_strdupf("http://127.0.0.1:%d%s", port, path);
     s_buf_t b = {sn_strdup(""), 0};
+    struct curl_slist *headers = NULL;
+    char *auth = token ? sn_strdupf("Authorization: Bearer %s", token) : NULL;
+    if (auth)
+        headers = curl_slist_append(headers, auth);
+    if (body)
+        headers = curl_slist_append(headers, "Content-Type: application/json");
+    if (header)
+        headers = curl_slist_append(headers, header);
     curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 3000L);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     *status = 0;
-    if (curl_easy_perform(c) == CURLE_OK)
+    CURLcode rc = curl_easy_perform(c);
+    /* A stream cut by our own timeout still has a status and what it received. */
+    if (rc == CURLE_OK || rc == CURLE_OPERATION_TIMEDOUT)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    curl_slist_free_all(headers);
     curl_easy_cleanup(c);
+    free(auth);
     free(url);
     if (*status == 0) {
         free(b.data);

@@ -11,16 +11,18 @@
 #include "sentinel/v1/pipeline.pb-c.h"
 
 typedef struct {
-    char *dir;        /* temp dir: config, state, clone */
-    char *config;     /* sentinel.yml */
-    char *state;      /* state_dir */
-    char *repo;       /* the project's bare repository */
-    char *clone;      /* a working clone for pushing commits */
-    char *log;        /* sentinelctl up's output */
-    char *ns;         /* key namespace */
+    char *dir;    /* temp dir: config, state, clone */
+    char *config; /* sentinel.yml */
+    char *state;  /* state_dir */
+    char *repo;   /* the project's bare repository */
+    char *clone;  /* a working clone for pushing commits */
+    char *log;    /* sentinelctl up's output */
+    char *ns;     /* key namespace */
     int live_port, preview_port, prod_port, prod_preview_port, gateway_port, fake_port;
+    int sink_port; /* the webhook receiver (tests/fakes/webhook_sink.py) */
     pid_t up;
-    pid_t fake;       /* the live-check proxy (tests/fakes/flaky_proxy.py) */
+    pid_t fake; /* the live-check proxy (tests/fakes/flaky_proxy.py) */
+    pid_t sink;
     redisContext *redis;
 } sn_e2e_t;
 
@@ -43,8 +45,17 @@ Sentinel__V1__Run *sn_e2e_find_run(sn_e2e_t *self, const char *env, const char *
 Sentinel__V1__Run *sn_e2e_wait_run(sn_e2e_t *self, const char *run_id, int timeout_ms);
 Sentinel__V1__Run *sn_e2e_load_run(sn_e2e_t *self, const char *run_id);
 
+/* API tokens the harness configures: operators "alice" and "bob", viewer "viewer". */
+#define SN_E2E_TOKEN_ALICE "alice-e2e-token-0123456789"
+#define SN_E2E_TOKEN_BOB "bob-e2e-token-0123456789"
+#define SN_E2E_WEBHOOK_SECRET "e2e-webhook-secret-42"
+
 /* GET http://127.0.0.1:@port@path; returns the body (caller frees) and *status, or NULL. */
 char *sn_e2e_get(int port, const char *path, long *status);
+/* @method (GET/POST) with an optional Bearer @token, JSON @body (may be NULL), extra
+ * header @header (may be NULL) and a total @timeout_ms; body returned as sn_e2e_get. */
+char *sn_e2e_http(const char *method, int port, const char *path, const char *token,
+                  const char *body, const char *header, int timeout_ms, long *status);
 
 /* Runs sentinelctl with @args (a NULL-terminated list after "-c CONFIG"), capturing stdout
  * into *out (caller frees, may be NULL); returns the exit status. */
