@@ -64,6 +64,11 @@ static void test_mesh_leader_failover_fencing_and_frozen_leader(void **state)
     /* Exactly one leads: the other registers as a follower. */
     const char *other = strcmp(first, "lead1") == 0 ? "lead2" : "lead1";
     assert_true(sn_mesh_wait_log(&m, first, "elected leader", 5000));
+    /* Its term is on record before it dies (the kill below must not race the write). */
+    char term_line[96];
+    snprintf(term_line, sizeof term_line, "term recorded fence=%llu rc=ok",
+             (unsigned long long)first_fence);
+    assert_true(sn_mesh_wait_log(&m, first, term_line, 5000));
     assert_int_equal(sn_test_count_in_file(sn_mesh_find(&m, other)->log, "elected leader"), 0);
 
     /* kill -9 the leader: the other leads within ttl + one renew interval. */
@@ -103,6 +108,9 @@ static void test_mesh_leader_failover_fencing_and_frozen_leader(void **state)
      * steps down and acts no more. */
     sn_mesh_agent(&m, "test-leader", "lead3");
     sn_mesh_agent_t *frozen = sn_mesh_find(&m, second);
+    snprintf(term_line, sizeof term_line, "term recorded fence=%llu rc=ok",
+             (unsigned long long)second_fence);
+    assert_true(sn_mesh_wait_log(&m, second, term_line, 5000));
     kill(frozen->pid, SIGSTOP);
     assert_true(s_wait_holder(&m, second, TTL_MS + RENEW_MS + 5000));
     char third[64];
@@ -130,6 +138,9 @@ static void test_mesh_leader_failover_fencing_and_frozen_leader(void **state)
     assert_string_equal(now_holder, "lead3");
     assert_true(now_fence == third_fence);
     /* Every term was recorded with its own fence, by the instance that held it. */
+    snprintf(term_line, sizeof term_line, "term recorded fence=%llu rc=ok",
+             (unsigned long long)third_fence);
+    assert_true(sn_mesh_wait_log(&m, "lead3", term_line, 5000));
     char *cmd = sn_strdupf("HGETALL '%stest:terms'", m.ns);
     char *all = sn_test_redis_cli(&m.redis, cmd);
     free(cmd);

@@ -178,6 +178,7 @@ static const sn_role_t s_test_slow = {
 
 typedef struct {
     char *inflight[TEST_LEADER_MAX_INFLIGHT]; /* job ids with a call outstanding */
+    uint64_t unrecorded_fence;                /* a term not yet recorded (Redis was slow) */
 } s_leader_state_t;
 
 static bool s_inflight_has(s_leader_state_t *st, const char *job_id)
@@ -261,11 +262,19 @@ static void s_leader_destroy(sn_ctx_t *ctx, void *state)
     free(st);
 }
 
+/* Records the term @fence with a fenced write (one field per fence). SN_AGAIN: retry. */
+static sn_rc_t s_record_term(sn_ctx_t *ctx, uint64_t fence);
+
 static void s_leader_leadership(sn_ctx_t *ctx, void *state, bool is_leader, uint64_t fence)
 {
-    if (!is_leader)
-        return;
-    /* Count the term with a fenced write: one field per fence. */
+    s_leader_state_t *st = state;
+    st->unrecorded_fence = 0;
+    if (is_leader && s_record_term(ctx, fence) == SN_AGAIN)
+        st->unrecorded_fence = fence; /* retried on every tick while this term lasts */
+}
+
+static sn_rc_t s_record_term(sn_ctx_t *ctx, uint64_t fence)
+{
     char *lock_key = sn_strdupf("leader:%s", TEST_LEADER_ROLE);
     char *field = sn_strdupf("%llu", (unsigned long long)fence);
     sn_journal_ops_t *ops = sn_journal_ops_new();
@@ -280,6 +289,7 @@ static void s_leader_leadership(sn_ctx_t *ctx, void *state, bool is_leader, uint
     sn_journal_ops_destroy(&ops);
     free(field);
     free(lock_key);
+    return rc;
 }
 
 static void s_leader_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
@@ -322,6 +332,10 @@ static void s_leader_tick(sn_ctx_t *ctx, void *state, bool is_leader)
 {
     if (!is_leader)
         return;
+    s_leader_state_t *st = state;
+    if (st->unrecorded_fence && st->unrecorded_fence == sn_ctx_fence(ctx) &&
+        s_record_term(ctx, st->unrecorded_fence) != SN_AGAIN)
+        st->unrecorded_fence = 0;
     sn_ledger_t *ledger = sn_ctx_ledger(ctx);
     sn_ledger_redispatch_t rd;
     if (sn_ledger_redispatch(ledger, sn_ctx_fence(ctx), TEST_LEADER_ROLE, &rd) == SN_OK) {
