@@ -503,10 +503,13 @@ static sn_rc_t s_send_webhook(s_state_t *st, const s_channel_t *ch, const s_even
             break;
         }
         if (hrc == SN_OK) {
-            snprintf(why, why_len, "%s answered %ld", url, status);
+            if (snprintf(why, why_len, "%s answered %ld", url, status) >= (int)why_len)
+                why[why_len - 1] = '\0'; /* a reason cut short is still a reason */
             is_retryable = status == 408 || status == 429 || status >= 500;
         } else {
-            snprintf(why, why_len, "%s: %s", url, resp.error[0] ? resp.error : "transfer failed");
+            if (snprintf(why, why_len, "%s: %s", url,
+                         resp.error[0] ? resp.error : "transfer failed") >= (int)why_len)
+                why[why_len - 1] = '\0';
             is_retryable = hrc == SN_AGAIN;
         }
         sn_http_response_fini(&resp);

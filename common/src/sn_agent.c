@@ -985,7 +985,9 @@ static void s_expand_service(sn_ctx_t *ctx, const char *pattern, char *out, size
         sn_strlcpy(out, pattern, len);
         return;
     }
-    snprintf(out, len, "%.*s%s%s", (int)(mark - pattern), pattern, ctx->host, mark + 6);
+    int n = snprintf(out, len, "%.*s%s%s", (int)(mark - pattern), pattern, ctx->host, mark + 6);
+    if (n < 0 || (size_t)n >= len)
+        out[0] = '\0'; /* too long a host: serve nothing rather than a wrong name */
 }
 
 static void s_set_serving(sn_ctx_t *ctx, bool is_serving)

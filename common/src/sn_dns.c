@@ -225,13 +225,14 @@ static bool s_parse_resolver(const char *resolver, char *out, size_t out_len)
     if (port && sn_parse_i64(port, 1, 65535, &p) != SN_OK)
         return false;
     unsigned char bin[16];
+    int n;
     if (inet_pton(AF_INET, host, bin) == 1)
-        snprintf(out, out_len, "%s:%d", host, (int)p);
+        n = snprintf(out, out_len, "%s:%d", host, (int)p);
     else if (inet_pton(AF_INET6, host, bin) == 1)
-        snprintf(out, out_len, "[%s]:%d", host, (int)p);
+        n = snprintf(out, out_len, "[%s]:%d", host, (int)p);
     else
         return false;
-    return true;
+    return n > 0 && (size_t)n < out_len;
 }
 
 static bool s_name_is_valid(const char *name)

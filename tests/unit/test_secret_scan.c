@@ -421,7 +421,8 @@ static void s_tar_header(uint8_t *h, const char *name, size_t size, char type)
     snprintf((char *)h + 100, 8, "%07o", 0644);
     snprintf((char *)h + 108, 8, "%07o", 0);
     snprintf((char *)h + 116, 8, "%07o", 0);
-    snprintf((char *)h + 124, 12, "%011zo", size);
+    SN_ASSERT(size <= UINT32_MAX); /* fits 11 octal digits; tests use small files */
+    snprintf((char *)h + 124, 12, "%011o", (unsigned)size);
     snprintf((char *)h + 136, 12, "%011o", 0);
     h[156] = (uint8_t)type;
     memcpy(h + 257, "ustar", 6);
