@@ -314,7 +314,15 @@ static sn_rc_t s_prepare(ctl_sup_t *sup)
     sup->children = sn_calloc(total, sizeof(ctl_child_t));
 
     if (cfg->redis.embedded) {
-        sup->redis_sock = ctl_redis_socket_path(cfg);
+        /* Absolute: redis-server changes into its data dir before it binds the socket. */
+        char *sock = ctl_redis_socket_path(cfg);
+        char cwd[PATH_MAX];
+        if (sock[0] != '/' && getcwd(cwd, sizeof cwd)) {
+            sup->redis_sock = sn_strdupf("%s/%s", cwd, sock);
+            free(sock);
+        } else {
+            sup->redis_sock = sock;
+        }
         if (strlen(sup->redis_sock) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
             sn_error(LOG_MODULE,
                      "redis socket path %s is too long for a unix socket (max %zu): "

@@ -35,16 +35,19 @@ jobs_count() { nproc 2>/dev/null || echo 2; }
 
 build_preset() {
     local preset=$1
+    shift
     cmake --preset "$preset" -G Ninja >/dev/null
-    cmake --build --preset "$preset" -j "$(jobs_count)"
+    cmake --build --preset "$preset" -j "$(jobs_count)" "$@"
 }
+
+release_targets=(--target sentinel-broker sentinel-agent sentinelctl sentinel-bench)
 
 verb=${1:-}
 shift || true
 case "$verb" in
     up)
         install_missing
-        build_preset release
+        build_preset release "${release_targets[@]}"
         config=${1:-examples/sentinel.yml}
         exec build/release/bin/sentinelctl up "$config"
         ;;
@@ -57,7 +60,7 @@ case "$verb" in
         ;;
     build)
         install_missing
-        build_preset release
+        build_preset release "${release_targets[@]}"
         log "binaries in build/release/bin/"
         ;;
     *)
