@@ -349,6 +349,32 @@ static void test_e2e_production_approval_gates_notify_sse_audit(void **state)
     assert_non_null(strstr(id, staging_sha));
     free(id);
 
+    /* 2b. The same through the CLI: deploy without --ref takes the environment's branch;
+     * the person who asked may not approve; someone else may. */
+    char *out = NULL;
+    setenv("SENTINEL_USER", "carol", 1);
+    assert_int_equal(sn_e2e_ctl(&e, &out,
+                                (const char *[]){"deploy", "hello", "production", "--detach", "-o",
+                                                 "json", NULL}),
+                     0);
+    json_t *ref = json_loads(out, 0, NULL);
+    free(out);
+    assert_non_null(ref);
+    char *cli_run = sn_strdup(json_string_value(json_object_get(ref, "runId")));
+    json_decref(ref);
+    s_run_wait_t cli_waiting = {&e, cli_run};
+    assert_true(sn_test_wait_for(s_awaiting_approval, &cli_waiting, 30000));
+    assert_int_equal(sn_e2e_ctl(&e, NULL, (const char *[]){"approve", cli_run, NULL}), 4);
+    setenv("SENTINEL_USER", "dave", 1);
+    assert_int_equal(sn_e2e_ctl(&e, NULL, (const char *[]){"approve", cli_run, NULL}), 0);
+    unsetenv("SENTINEL_USER");
+    run = sn_e2e_wait_run(&e, cli_run, RUN_TIMEOUT_MS);
+    assert_non_null(run);
+    assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_SUCCEEDED);
+    assert_string_equal(run->approval->approved_by, "dave");
+    sentinel__v1__run__free_unpacked(run, NULL);
+    free(cli_run);
+
     /* 3. The SSE stream from the start: every event valid CloudEvents / CDEvents. */
     char *sse = sn_e2e_http("GET", e.gateway_port, "/api/v1/events", SN_E2E_TOKEN_ALICE, NULL,
                             "Last-Event-ID: 0-0", 3000, &st);
@@ -382,7 +408,6 @@ static void test_e2e_production_approval_gates_notify_sse_audit(void **state)
     free(jsonl);
 
     /* 4. The audit chain verifies from its first record. */
-    char *out = NULL;
     assert_int_equal(sn_e2e_ctl(&e, &out, (const char *[]){"audit", "verify", NULL}), 0);
     free(out);
 
