@@ -20,6 +20,8 @@
 #include "sentinel/sn_redis.h"
 #include "sentinel/sn_worker.h"
 
+#include "buildpilot_fsm.h" /* BP_RUN_RETRY_BUDGET */
+
 #define T_MAX_RECORDS 512
 #define T_MAX_HELD 16
 
@@ -34,6 +36,8 @@ typedef struct {
     bool hold_gate1;          /* keep gate-1 requests until released */
     bool hold_stage;          /* keep stage requests until released */
     bool hold_build;
+    int transient_stage; /* stage answers "transient" this many times per deploy; -1: always */
+    bool nak_stage;      /* stage requests are NAKed without claiming their job */
 } t_script_t;
 
 typedef struct {
@@ -151,6 +155,13 @@ static uint8_t *s_answer(t_fix_t *t, const char *service, const sn_envelope_t *r
         d.ok = !(strcmp(dr->op, "promote") == 0 && sc.fail_promote &&
                  strcmp(sc.fail_promote, dr->deploy->target) == 0);
         d.reason = d.ok ? "" : "fake promote failed";
+        if (strcmp(dr->op, "stage") == 0 && sc.transient_stage != 0 &&
+            (sc.transient_stage < 0 ||
+             s_count(t, service, "stage", dr->deploy->deploy_id) <= sc.transient_stage)) {
+            d.ok = false;
+            d.is_transient = true;
+            d.reason = "fake transient failure";
+        }
         d.deploy = &dep;
         env.body_case = SENTINEL__V1__ENVELOPE__BODY_DEPLOY_RESULT;
         env.deploy_result = &d;
@@ -209,6 +220,16 @@ static void s_handle(t_fix_t *t, sn_worker_t *w, sn_worker_event_t *ev)
         op = req->deploy_request->op;
         id = req->deploy_request->deploy->deploy_id;
         hold = sc.hold_stage && strcmp(op, "stage") == 0;
+        if (strcmp(op, "rollback") == 0)
+            s_record(t, ev->service, "to",
+                     *req->deploy_request->to_release_id ? req->deploy_request->to_release_id
+                                                         : "-");
+        if (sc.nak_stage && strcmp(op, "stage") == 0) {
+            s_record(t, ev->service, "stage-nak", id);
+            s_nak(w, &ev->ticket, SN_NAK_OVERLOADED);
+            sn_envelope_free(&req);
+            return;
+        }
     } else if (req->body_case == SENTINEL__V1__ENVELOPE__BODY_VERIFY_REQUEST) {
         op = strstr(req->verify_request->url, ":91") ? "preview" : "live";
         id = req->verify_request->deploy_id;
@@ -319,6 +340,14 @@ static const char *s_yaml = "  job_lease_ms: 1500\n"
                             "          required: true\n"
                             "        targets:\n"
                             "          - t1\n"
+                            "      - name: gated\n"
+                            "        branch: gated\n"
+                            "        step_timeout_s: 15\n"
+                            "        approval:\n"
+                            "          required: true\n"
+                            "          expiry_s: 2\n"
+                            "        targets:\n"
+                            "          - t1\n"
                             "      - name: quick\n"
                             "        branch: quick\n"
                             "        step_timeout_s: 2\n"
@@ -399,9 +428,10 @@ static sn_envelope_t *s_call(t_fix_t *t, const char *service, sn_envelope_t *env
     return reply;
 }
 
-/* run.trigger; returns the run id (heap) or NULL; *msg (may be NULL) gets the message. */
-static char *s_trigger(t_fix_t *t, const char *env_name, const char *ref, const char *sha,
-                       const char *obo, char **msg)
+/* run.trigger (a dry run when @dry); returns the run id (heap) or NULL; *msg (may be NULL)
+ * gets the message. */
+static char *s_trigger_ex(t_fix_t *t, const char *env_name, const char *ref, const char *sha,
+                          const char *obo, bool dry, char **msg)
 {
     sn_envelope_t env;
     char id[SN_ID_LEN + 1];
@@ -412,6 +442,7 @@ static char *s_trigger(t_fix_t *t, const char *env_name, const char *ref, const 
     tr.ref = (char *)ref;
     tr.sha = (char *)sha;
     tr.trigger = "push";
+    tr.dry_run = dry;
     env.body_case = SENTINEL__V1__ENVELOPE__BODY_TRIGGER;
     env.trigger = &tr;
     if (obo)
@@ -426,6 +457,12 @@ static char *s_trigger(t_fix_t *t, const char *env_name, const char *ref, const 
         *msg = sn_strdup(reply->run_ref->message ? reply->run_ref->message : "");
     sn_envelope_free(&reply);
     return run_id;
+}
+
+static char *s_trigger(t_fix_t *t, const char *env_name, const char *ref, const char *sha,
+                       const char *obo, char **msg)
+{
+    return s_trigger_ex(t, env_name, ref, sha, obo, false, msg);
 }
 
 /* A RunControl call; returns the reply (caller frees) or NULL with *nak. */
@@ -909,6 +946,276 @@ static void test_buildpilot_freeze_and_timeout(void **state)
     s_stop(&t);
 }
 
+/* Starts one more product agent (@role as @instance) and waits for @service. */
+static void s_add_agent(t_fix_t *t, const char *role, const char *instance, const char *service)
+{
+    sn_mesh_agent_bin(&t->mesh, "sentinel-agent", role, instance);
+    assert_true(sn_mesh_wait_service(&t->mesh, service, 1, 10000));
+}
+
+/* The number of keys of the mesh's namespace matching @pattern (after the namespace). */
+static size_t s_key_count(t_fix_t *t, const char *pattern)
+{
+    char *k = sn_strdupf("%s%s", t->mesh.ns, pattern);
+    const char *argv[] = {"KEYS", k};
+    redisReply *r = NULL;
+    size_t n = 0;
+    if (sn_redis_cmd(t->redis, SN_REDIS_MAIN, 0, &r, 2, argv, NULL) == SN_OK) {
+        if (r->type == REDIS_REPLY_ARRAY)
+            n = r->elements;
+        freeReplyObject(r);
+    }
+    free(k);
+    return n;
+}
+
+static sn_job_state_t s_job_state(t_fix_t *t, const char *job_id)
+{
+    sn_ledger_job_t job;
+    memset(&job, 0, sizeof job);
+    if (sn_ledger_get(t->ledger, job_id, &job) != SN_OK)
+        return SN_JOB_UNKNOWN;
+    sn_job_state_t state = job.state;
+    sn_ledger_job_fini(&job);
+    return state;
+}
+
+static void test_buildpilot_approval_expires(void **state)
+{
+    (void)state;
+    t_fix_t *t = s_start("bp-expiry", 1);
+    char *r1 = s_trigger(t, "gated", "refs/heads/gated", "e1", "alice", NULL);
+    assert_non_null(r1);
+    assert_true(s_wait_state(t, r1, "awaiting_approval", 15000));
+    char *r2 = s_trigger(t, "gated", "refs/heads/gated", "e2", "alice", NULL);
+    assert_non_null(r2);
+    assert_true(s_wait_state(t, r2, "queued", 1000));
+    /* expiry_s 2: nobody approves r1; it fails, the environment passes to r2. */
+    assert_true(s_wait_state(t, r1, "failed", 6000));
+    Sentinel__V1__Run *r = s_run(t, r1);
+    assert_string_equal(r->reason, "approval expired");
+    assert_string_equal(s_step_state(r, "approval"), "STEP_TIMED_OUT");
+    assert_string_equal(s_step_state(r, "stage"), "STEP_SKIPPED");
+    sentinel__v1__run__free_unpacked(r, NULL);
+    assert_int_equal(s_count_op(t, "deploy.local.testhost", "stage"), 0);
+    assert_true(s_wait_state(t, r2, "awaiting_approval", 10000));
+    char *lock = sn_mesh_get(&t->mesh, "envlock:app:gated");
+    assert_string_equal(lock, r2);
+    free(lock);
+    /* Approving the expired run: it has ended. */
+    sn_envelope_t *reply = s_control(t, "run.approve", r1, NULL, "bob", NULL);
+    assert_non_null(reply);
+    assert_string_equal(reply->run_ref->message, "run has ended");
+    sn_envelope_free(&reply);
+    reply = s_control(t, "run.approve", r2, NULL, "bob", NULL);
+    assert_non_null(reply);
+    assert_string_equal(reply->run_ref->message, "approved");
+    sn_envelope_free(&reply);
+    assert_true(s_wait_state(t, r2, "succeeded", 15000));
+    free(r1);
+    free(r2);
+    s_stop(&t);
+}
+
+static void test_buildpilot_env_rollback(void **state)
+{
+    (void)state;
+    t_fix_t *t = s_start("bp-rollback", 1);
+    char *good = s_trigger(t, "staging", "refs/heads/staging", "rb1", NULL, NULL);
+    assert_true(s_wait_state(t, good, "succeeded", 20000));
+    /* Bad input first: an unknown environment changes nothing. */
+    sn_envelope_t *reply = s_control(t, "env.rollback", NULL, "nowhere", NULL, NULL);
+    assert_non_null(reply);
+    assert_string_equal(reply->run_ref->message, "unknown project or environment");
+    sn_envelope_free(&reply);
+    reply = s_control(t, "env.rollback", NULL, "staging", "carol", NULL);
+    assert_non_null(reply);
+    assert_string_equal(reply->run_ref->message, "rollback queued");
+    char *rb = sn_strdup(reply->run_ref->run_id);
+    sn_envelope_free(&reply);
+    assert_true(s_wait_state(t, rb, "succeeded", 15000));
+    Sentinel__V1__Run *r = s_run(t, rb);
+    assert_string_equal(r->trigger, "rollback");
+    assert_string_equal(r->requested_by, "carol");
+    assert_string_equal(s_step_state(r, "rollback"), "STEP_SUCCEEDED");
+    assert_string_equal(s_step_state(r, "stage"), "STEP_SKIPPED");
+    assert_string_equal(s_step_state(r, "build"), "STEP_SKIPPED");
+    assert_int_equal(r->n_deploys, 2); /* every target of the environment */
+    for (size_t i = 0; i < r->n_deploys; i++) {
+        assert_int_equal(r->deploys[i]->phase, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLED_BACK);
+        assert_int_equal(s_count(t, "heal.rollback", "rollback", r->deploys[i]->deploy_id), 1);
+    }
+    sentinel__v1__run__free_unpacked(r, NULL);
+    /* No release named: each target goes back to its previous release. */
+    assert_int_equal(s_count(t, "heal.rollback", "to", "-"), 2);
+    assert_int_equal(s_count_op(t, "deploy.local.testhost", "stage"), 2); /* nothing staged */
+    char *events = s_events(t, rb);
+    assert_string_equal(
+        events, "run.queued,run.started,deploy.rolled_back,deploy.rolled_back,run.succeeded");
+    free(events);
+    char *lock = sn_mesh_get(&t->mesh, "envlock:app:staging");
+    assert_string_equal(lock, "");
+    free(lock);
+    free(rb);
+    free(good);
+    s_stop(&t);
+}
+
+static void test_buildpilot_transient_retried(void **state)
+{
+    (void)state;
+    t_fix_t *t = s_start("bp-transient", 1);
+    s_add_agent(t, "autoheal-executor", "heal1", "heal.retry");
+    /* Transient twice, then ok: heal.retry gets it through; the run succeeds. */
+    s_script(t, &(t_script_t){.transient_stage = 2});
+    char *run_id = s_trigger(t, "staging", "refs/heads/staging", "tr1", NULL, NULL);
+    assert_true(s_wait_state(t, run_id, "succeeded", 25000));
+    Sentinel__V1__Run *r = s_run(t, run_id);
+    for (size_t i = 0; i < r->n_deploys; i++)
+        assert_int_equal(s_count(t, "deploy.local.testhost", "stage", r->deploys[i]->deploy_id), 3);
+    assert_true(r->heal_retries >= 2 && r->heal_retries <= BP_RUN_RETRY_BUDGET);
+    sentinel__v1__run__free_unpacked(r, NULL);
+    char *events = s_events(t, run_id);
+    /* Each retry is journaled (run.step, label retry) and audited by autoheal (heal.action). */
+    assert_non_null(strstr(events, "run.step,run.step,run.step,"));
+    assert_non_null(strstr(events, "heal.action"));
+    assert_non_null(strstr(events, "deploy.staged"));
+    free(events);
+    free(run_id);
+
+    /* Always transient: autoheal's budget runs out and the step fails with its reason. */
+    s_script(t, &(t_script_t){.transient_stage = -1});
+    run_id = s_trigger(t, "staging", "refs/heads/staging", "tr2", NULL, NULL);
+    assert_true(s_wait_state(t, run_id, "failed", 30000));
+    r = s_run(t, run_id);
+    assert_non_null(strstr(r->reason, "stage failed on t"));
+    assert_non_null(strstr(r->reason, "retry budget exhausted"));
+    assert_string_equal(s_step_state(r, "stage"), "STEP_FAILED");
+    assert_string_equal(s_step_state(r, "promote"), "STEP_SKIPPED");
+    sentinel__v1__run__free_unpacked(r, NULL);
+    assert_int_equal(s_count_op(t, "deploy.local.testhost", "promote"), 2); /* run 1 only */
+    free(run_id);
+    s_script(t, &(t_script_t){0});
+    s_stop(&t);
+}
+
+static void test_buildpilot_dry_run(void **state)
+{
+    (void)state;
+    t_fix_t *t = s_start("bp-dry", 1);
+    char *msg = NULL;
+    char *none = s_trigger_ex(t, NULL, "refs/heads/staging", "d1", NULL, true, &msg);
+    assert_null(none);
+    assert_non_null(strstr(msg, "dry run"));
+    assert_non_null(strstr(msg, "app/staging: targets t1,t2"));
+    assert_non_null(strstr(msg, "artifact: build of d1"));
+    assert_non_null(strstr(msg, "approval not required"));
+    free(msg);
+    assert_int_equal(s_key_count(t, "run:*"), 0);
+    assert_int_equal(s_key_count(t, "runs:*"), 0);
+    assert_int_equal(s_key_count(t, "envlock:*"), 0);
+    /* Production promotes: nothing verified yet, then the staging run's artifact. */
+    none = s_trigger_ex(t, "production", "refs/heads/main", "", NULL, true, &msg);
+    assert_null(none);
+    assert_non_null(strstr(msg, "app/production: targets t1"));
+    assert_non_null(strstr(msg, "would be refused: no verified artifact in app/staging"));
+    free(msg);
+    char *staging = s_trigger(t, "staging", "refs/heads/staging", "d2", NULL, NULL);
+    assert_true(s_wait_state(t, staging, "succeeded", 20000));
+    size_t runs = s_key_count(t, "run:*");
+    assert_int_equal(runs, 1);
+    none = s_trigger_ex(t, "production", "refs/heads/main", "", NULL, true, &msg);
+    assert_null(none);
+    char *want = sn_strdupf("artifact: promote from staging run %s (commit d2)", staging);
+    assert_non_null(strstr(msg, want));
+    assert_non_null(strstr(msg, "approval required"));
+    free(want);
+    free(msg);
+    assert_int_equal(s_key_count(t, "run:*"), runs);
+    assert_int_equal(s_count_op(t, "gate.check", "gate1"), 1);
+    free(staging);
+    s_stop(&t);
+}
+
+typedef struct {
+    t_fix_t *t;
+    int n;
+} t_naks_t;
+
+static bool s_more_stage_requests(void *arg)
+{
+    t_naks_t *w = arg;
+    return s_count_op(w->t, "deploy.local.testhost", "stage-nak") > w->n;
+}
+
+static void test_buildpilot_ended_run_closes_jobs(void **state)
+{
+    (void)state;
+    t_fix_t *t = s_start("bp-jobs", 1);
+    /* No deployer takes the stage jobs: they stay queued and are sent again. */
+    s_script(t, &(t_script_t){.nak_stage = true});
+    char *run_id = s_trigger(t, "staging", "refs/heads/staging", "j1", NULL, NULL);
+    assert_true(s_wait_count(t, "deploy.local.testhost", "stage-nak", 3));
+    char *job1 = sn_strdupf("%s.stage.t1", run_id), *job2 = sn_strdupf("%s.stage.t2", run_id);
+    assert_int_equal(s_job_state(t, job1), SN_JOB_QUEUED);
+    sn_envelope_t *reply = s_control(t, "run.cancel", run_id, NULL, NULL, NULL);
+    assert_non_null(reply);
+    assert_int_equal(reply->run_ref->state, SENTINEL__V1__RUN_STATE__RUN_CANCELLED);
+    sn_envelope_free(&reply);
+    /* The run ended: its queued jobs are closed, not left for a worker or a redispatch. */
+    assert_int_equal(s_job_state(t, job1), SN_JOB_FAILED);
+    assert_int_equal(s_job_state(t, job2), SN_JOB_FAILED);
+    char *k = sn_strdupf("SISMEMBER '%sjobs:open:buildpilot' '%s'", t->mesh.ns, job1);
+    char *member = sn_test_redis_cli(&t->mesh.redis, k);
+    assert_string_equal(member, "0");
+    free(member);
+    free(k);
+    /* And nothing is sent for it any more (a queued job was re-sent every second). */
+    t_naks_t w = {t, s_count_op(t, "deploy.local.testhost", "stage-nak")};
+    assert_false(sn_test_wait_for(s_more_stage_requests, &w, 2500));
+    /* A worker that gets the job now cannot start it. */
+    uint64_t epoch = 0;
+    assert_int_equal(sn_ledger_claim(t->ledger, job1, "late", 0, &epoch, NULL), SN_DECLINED);
+    free(job1);
+    free(job2);
+    free(run_id);
+    s_script(t, &(t_script_t){0});
+    s_stop(&t);
+}
+
+static void test_buildpilot_audit_fail_closed(void **state)
+{
+    (void)state;
+    t_fix_t *t = s_start("bp-audit", 1);
+    /* The audit archive is failing (as another process found): intents are refused. */
+    char *cmd = sn_strdupf("SET '%saudit:failed' 'disk full (test)'", t->mesh.ns);
+    free(sn_test_redis_cli(&t->mesh.redis, cmd));
+    free(cmd);
+    char *run_id = s_trigger(t, "staging", "refs/heads/staging", "au1", NULL, NULL);
+    assert_true(s_wait_state(t, run_id, "staging", 15000));
+    assert_true(sn_mesh_wait_log(&t->mesh, "bp1", "audit intent refused", 5000));
+    /* No intent, no side effect: nothing was asked of the deployer. */
+    assert_int_equal(s_count_op(t, "deploy.local.testhost", "stage"), 0);
+    assert_true(s_wait_state(t, run_id, "staging", 1000));
+    /* The archive recovers: the step goes on (within its deadline) and the run succeeds. */
+    cmd = sn_strdupf("DEL '%saudit:failed'", t->mesh.ns);
+    free(sn_test_redis_cli(&t->mesh.redis, cmd));
+    free(cmd);
+    assert_true(s_wait_state(t, run_id, "succeeded", 15000));
+    /* One intent and one outcome per side effect: stage and promote on two targets. */
+    cmd = sn_strdupf("XLEN '%saudit'", t->mesh.ns);
+    char *len = sn_test_redis_cli(&t->mesh.redis, cmd);
+    free(cmd);
+    assert_string_equal(len, "8");
+    free(len);
+    Sentinel__V1__Run *r = s_run(t, run_id);
+    for (size_t i = 0; i < r->n_deploys; i++)
+        assert_int_equal(s_count(t, "deploy.local.testhost", "stage", r->deploys[i]->deploy_id), 1);
+    sentinel__v1__run__free_unpacked(r, NULL);
+    free(run_id);
+    s_stop(&t);
+}
+
 int main(void)
 {
     zsys_init();
@@ -922,6 +1229,12 @@ int main(void)
         cmocka_unit_test(test_buildpilot_supersede_and_cancel),
         cmocka_unit_test(test_buildpilot_leader_killed_mid_stage),
         cmocka_unit_test(test_buildpilot_freeze_and_timeout),
+        cmocka_unit_test(test_buildpilot_approval_expires),
+        cmocka_unit_test(test_buildpilot_env_rollback),
+        cmocka_unit_test(test_buildpilot_transient_retried),
+        cmocka_unit_test(test_buildpilot_dry_run),
+        cmocka_unit_test(test_buildpilot_ended_run_closes_jobs),
+        cmocka_unit_test(test_buildpilot_audit_fail_closed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
