@@ -22,6 +22,8 @@ int bench_rpc(void);
 int bench_journal(void);
 int bench_failover(void);
 int bench_rss(void);
+/* The whole product under `sentinelctl up` (issue 3): absolute goals, no baseline. */
+int bench_pipeline(void);
 
 /* Helper processes the rss scenario re-executes this binary as (argv after the name). */
 int bench_rss_bare_main(int argc, char **argv);

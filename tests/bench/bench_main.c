@@ -1,6 +1,6 @@
 /* sentinel-bench main: `sentinel-bench SCENARIO` with SCENARIO one of relay, rpc, journal,
- * failover, rss or all; plus the helper processes the rss scenario starts (names starting
- * with an underscore). Also the shared reporting and /proc helpers of bench.h. */
+ * failover, rss, pipeline or all; plus the helper processes the rss scenario starts
+ * (names starting with an underscore). Also the shared reporting and /proc helpers of bench.h. */
 #include "bench.h"
 
 #include <stdarg.h>
@@ -25,6 +25,7 @@ static const s_scenario_t s_scenarios[] = {
     {"journal", bench_journal, "sn_journal_commit + bus publish vs pipelined XADD"},
     {"failover", bench_failover, "20 leader kills at random phases, ttl 3 s"},
     {"rss", bench_rss, "idle agent RSS, broker with 1000 peers, stopped subscriber growth"},
+    {"pipeline", bench_pipeline, "run overhead (50 no-op runs), 100 runs on 20 projects, mttr"},
 };
 
 static void s_usage(void)
