@@ -841,9 +841,15 @@ static void s_prune(s_op_t *op)
     qsort(rels, count, sizeof *rels, s_rel_newest_first);
     size_t keep =
         (size_t)(op->target->keep_releases > 0 ? op->target->keep_releases : DEFAULT_KEEP_RELEASES);
+    /* The release to return to is never pruned: after keep_releases failed releases in a
+     * row it is the oldest on disk, and a rollback must still find it. */
+    const char *back_out = op->out ? op->out->previous_release_id : NULL;
+    const char *back_in = op->dep ? op->dep->previous_release_id : NULL;
     for (size_t i = 0; i < count; i++) {
         bool is_pinned = (current && strcmp(rels[i].name, current) == 0) ||
-                         (preview && strcmp(rels[i].name, preview) == 0);
+                         (preview && strcmp(rels[i].name, preview) == 0) ||
+                         (back_out && strcmp(rels[i].name, back_out) == 0) ||
+                         (back_in && strcmp(rels[i].name, back_in) == 0);
         if (i >= keep && !is_pinned) {
             char *path = sn_strdupf("%s/%s", releases, rels[i].name);
             if (sn_artifact_rmtree(path) == SN_OK)

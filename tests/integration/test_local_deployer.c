@@ -518,6 +518,20 @@ static void test_local_deployer_release_cycle(void **state)
     assert_int_equal(access(d1, F_OK), -1);
     free(d1);
     s_expect_serves(s_fix.live_port, "release two");
+
+    /* More failed releases in a row than keep_releases: each is promoted and rolled back,
+     * and the release to return to is never pruned. */
+    const char *bad[] = {"d6", "d7", "d8", "d9"};
+    for (size_t i = 0; i < SN_ARRAY_LEN(bad); i++) {
+        r = s_expect(true, NULL, "stage", bad[i], "site", s_fix.sha1, "cx", NULL, NULL);
+        sn_envelope_free(&r);
+        r = s_expect(true, NULL, "promote", bad[i], "site", s_fix.sha1, "cx", NULL, NULL);
+        assert_string_equal(r->deploy_result->deploy->previous_release_id, "d2");
+        sn_envelope_free(&r);
+        r = s_expect(true, NULL, "rollback", bad[i], "site", NULL, NULL, "d2", NULL);
+        sn_envelope_free(&r);
+        s_expect_serves(s_fix.live_port, "release two");
+    }
     free(releases);
 }
 
