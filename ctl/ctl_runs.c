@@ -566,8 +566,8 @@ int ctl_cmd_deploy(ctl_opts_t *opts, int argc, char **argv)
     trig.environment = argv[optind + 1];
     /* Without --ref: the head of the environment's branch. */
     const sn_project_config_t *proj = sn_config_project(&cfg, trig.project);
-    const sn_environment_config_t *envc = proj ? sn_config_environment(proj, trig.environment)
-                                               : NULL;
+    const sn_environment_config_t *envc =
+        proj ? sn_config_environment(proj, trig.environment) : NULL;
     if (!envc) {
         ctl_err("deploy", "no environment %s/%s in %s", trig.project, trig.environment, cfg.path);
         sn_config_fini(&cfg);

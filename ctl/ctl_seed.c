@@ -170,7 +170,8 @@ void ctl_up_banner(const sn_config_t *cfg, const char *config_path)
             if (p->environments[e].approval.required)
                 fprintf(stderr,
                         "  sentinelctl -c %s deploy %s %s\n"
-                        "  SENTINEL_USER=someone-else sentinelctl -c ... approve RUN   # not your own\n",
+                        "  SENTINEL_USER=someone-else sentinelctl -c ... approve RUN   # not your "
+                        "own\n",
                         config_path, p->name, p->environments[e].name);
     }
     fprintf(stderr, "Ctrl-C stops everything.\n\n");

@@ -307,8 +307,8 @@ void sn_ctx_call(sn_ctx_t *ctx, const char *service, const sn_envelope_t *env, i
     uint64_t request_id = 0;
     if (deadline_ms <= 0)
         deadline_ms = (int)SN_PROTO_DEFAULT_DEADLINE_MS;
-    sn_rc_t rc = sn_rpc_send(ctx->rpc, service, bytes, len, (uint32_t)deadline_ms, attempt,
-                             &request_id);
+    sn_rc_t rc =
+        sn_rpc_send(ctx->rpc, service, bytes, len, (uint32_t)deadline_ms, attempt, &request_id);
     free(bytes);
     if (rc != SN_OK) {
         sn_metrics_add(ctx->metrics, "calls_failed", 1);
@@ -552,8 +552,8 @@ static sn_rc_t s_setup(sn_ctx_t *ctx)
                                 cfg->broker.heartbeat_liveness);
     }
     if (role->leadership != SN_LEADERSHIP_NONE) {
-        ctx->leader = sn_leader_new(ctx->redis, role->name, ctx->instance,
-                                    cfg->runtime.leader_ttl_ms);
+        ctx->leader =
+            sn_leader_new(ctx->redis, role->name, ctx->instance, cfg->runtime.leader_ttl_ms);
         if (!ctx->leader)
             return SN_ERROR;
     }
@@ -780,8 +780,8 @@ static void s_run(sn_ctx_t *ctx)
         items[n++] = (zmq_pollitem_t){.fd = ctx->efd, .events = ZMQ_POLLIN};
         if (ctx->worker) {
             i_worker = n;
-            items[n++] = (zmq_pollitem_t){.socket = sn_worker_socket(ctx->worker),
-                                          .events = ZMQ_POLLIN};
+            items[n++] =
+                (zmq_pollitem_t){.socket = sn_worker_socket(ctx->worker), .events = ZMQ_POLLIN};
         }
         i_rpc = n;
         items[n++] = (zmq_pollitem_t){.socket = sn_rpc_socket(ctx->rpc), .events = ZMQ_POLLIN};
@@ -849,8 +849,8 @@ static void s_handle_worker(sn_ctx_t *ctx)
         sn_strlcpy(req->principal, ev.principal, sizeof req->principal);
         req->deadline_at_ms = ev.deadline_at_ms;
         const char *why = NULL;
-        req->env = sn_envelope_unpack(ev.body, ev.body_len, (size_t)ctx->cfg.broker.max_frame_bytes,
-                                      &why);
+        req->env =
+            sn_envelope_unpack(ev.body, ev.body_len, (size_t)ctx->cfg.broker.max_frame_bytes, &why);
         sn_worker_event_fini(&ev);
         req->next_live = ctx->live;
         ctx->live = req;
@@ -1036,8 +1036,7 @@ static void s_record_leadership(sn_ctx_t *ctx, bool is_leader, const char *reaso
 {
     sn_envelope_t env;
     char id[SN_ID_LEN + 1];
-    sn_envelope_stamp(&env, &ctx->source, is_leader ? "leader.elected" : "leader.stepped_down",
-                      id);
+    sn_envelope_stamp(&env, &ctx->source, is_leader ? "leader.elected" : "leader.stepped_down", id);
     Sentinel__V1__LeaderChange body = SENTINEL__V1__LEADER_CHANGE__INIT;
     body.role = (char *)ctx->role->name;
     body.instance = ctx->instance;
@@ -1074,18 +1073,21 @@ static void s_register(sn_ctx_t *ctx)
     char *counters_json = json_dumps(counters, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(counters);
 
-    char *key = sn_strdupf("%sagent:%s:%s", sn_redis_ns(ctx->redis), ctx->role->name,
-                           ctx->instance);
+    char *key =
+        sn_strdupf("%sagent:%s:%s", sn_redis_ns(ctx->redis), ctx->role->name, ctx->instance);
     char *pid = sn_strdupf("%d", (int)getpid());
     char *fence = sn_strdupf("%llu", (unsigned long long)ctx->fence);
     char *started = sn_strdupf("%lld", (long long)ctx->started_ms);
     char *seen = sn_strdupf("%lld", (long long)sn_wall_ms());
     char *ttl = sn_strdupf("%d", ctx->cfg.runtime.agent_ttl_ms);
-    const char *argv[] = {"HSET", key, "role", ctx->role->name, "instance", ctx->instance,
-                          "host", ctx->host, "pid", pid, "version", SN_VERSION, "config_hash",
-                          ctx->cfg.hash, "leader", sn_ctx_is_leader(ctx) ? "1" : "0", "fence",
-                          fence, "started_ms", started, "seen_ms", seen, "agent",
-                          ctx->role->agent ? ctx->role->agent : "", "counters", counters_json};
+    const char *argv[] = {
+        "HSET",        key,           "role",       ctx->role->name,
+        "instance",    ctx->instance, "host",       ctx->host,
+        "pid",         pid,           "version",    SN_VERSION,
+        "config_hash", ctx->cfg.hash, "leader",     sn_ctx_is_leader(ctx) ? "1" : "0",
+        "fence",       fence,         "started_ms", started,
+        "seen_ms",     seen,          "agent",      ctx->role->agent ? ctx->role->agent : "",
+        "counters",    counters_json};
     redisReply *reply = NULL;
     if (sn_redis_cmd(ctx->redis, SN_REDIS_MAIN, SN_AGENT_REDIS_TIMEOUT_MS, &reply,
                      (int)SN_ARRAY_LEN(argv), argv, NULL) == SN_OK) {
@@ -1117,8 +1119,8 @@ static void s_shutdown(sn_ctx_t *ctx)
         zmq_pollitem_t items[2] = {{.fd = ctx->efd, .events = ZMQ_POLLIN}};
         int n = 1;
         if (ctx->worker)
-            items[n++] = (zmq_pollitem_t){.socket = sn_worker_socket(ctx->worker),
-                                          .events = ZMQ_POLLIN};
+            items[n++] =
+                (zmq_pollitem_t){.socket = sn_worker_socket(ctx->worker), .events = ZMQ_POLLIN};
         if (zmq_poll(items, n, 50) > 0 && (items[0].revents & ZMQ_POLLIN))
             s_handle_done(ctx);
         if (ctx->worker)
@@ -1128,8 +1130,8 @@ static void s_shutdown(sn_ctx_t *ctx)
         /* Jobs that did not finish are handed back: their leases lapse and the owning
          * leader re-dispatches them. Their threads are abandoned at exit. */
         sn_warn("agent", "grace period over jobs_running=%d: handing them back", ctx->busy);
-        if (sn_bus_flush(ctx->io.pub, ctx->flush_sub, &ctx->source, SN_AGENT_FLUSH_TIMEOUT_MS,
-                         NULL, NULL) != SN_OK)
+        if (sn_bus_flush(ctx->io.pub, ctx->flush_sub, &ctx->source, SN_AGENT_FLUSH_TIMEOUT_MS, NULL,
+                         NULL) != SN_OK)
             sn_warn("agent", "bus flush marker did not come back");
         _exit(0);
     }
@@ -1148,12 +1150,12 @@ static void s_shutdown(sn_ctx_t *ctx)
     if (ctx->role->destroy)
         ctx->role->destroy(ctx, ctx->state);
     ctx->state = NULL;
-    char *key = sn_strdupf("%sagent:%s:%s", sn_redis_ns(ctx->redis), ctx->role->name,
-                           ctx->instance);
+    char *key =
+        sn_strdupf("%sagent:%s:%s", sn_redis_ns(ctx->redis), ctx->role->name, ctx->instance);
     const char *argv[] = {"DEL", key};
     redisReply *reply = NULL;
-    if (sn_redis_cmd(ctx->redis, SN_REDIS_MAIN, SN_AGENT_REDIS_TIMEOUT_MS, &reply, 2, argv,
-                     NULL) == SN_OK)
+    if (sn_redis_cmd(ctx->redis, SN_REDIS_MAIN, SN_AGENT_REDIS_TIMEOUT_MS, &reply, 2, argv, NULL) ==
+        SN_OK)
         freeReplyObject(reply);
     free(key);
     sn_info("agent", "stopped");

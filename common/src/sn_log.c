@@ -25,8 +25,7 @@ static void s_redact(char *line, size_t cap);
 void sn_log_init(const char *role, const char *instance)
 {
     pthread_mutex_lock(&s_mutex);
-    snprintf(s_ident, sizeof s_ident, "%s/%s", role ? role : "sentinel",
-             instance ? instance : "-");
+    snprintf(s_ident, sizeof s_ident, "%s/%s", role ? role : "sentinel", instance ? instance : "-");
     pthread_mutex_unlock(&s_mutex);
     const char *env = getenv("SN_LOG_LEVEL");
     sn_log_level_t level;
@@ -92,10 +91,10 @@ void sn_log_write(sn_log_level_t level, const char *module, const char *fmt, ...
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     pthread_mutex_lock(&s_mutex);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s %s: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, s_level_names[level], s_ident,
-                     module ? module : "-");
+    int n = snprintf(line, sizeof line,
+                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s %s: ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, s_level_names[level], s_ident, module ? module : "-");
     if (n < 0)
         n = 0;
     if ((size_t)n < sizeof line) {

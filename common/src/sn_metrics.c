@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const double s_bounds_ms[SN_METRICS_BUCKETS] = {1,   5,    10,   25,    50,    100,
+static const double s_bounds_ms[SN_METRICS_BUCKETS] = {1,   5,   10,   25,   50,    100,
                                                        250, 500, 1000, 5000, 10000, 60000};
 
 typedef struct {

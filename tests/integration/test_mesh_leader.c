@@ -94,15 +94,14 @@ static void test_mesh_leader_failover_fencing_and_frozen_leader(void **state)
     sn_leader_t *probe = sn_leader_new(redis, "test-leader", "probe", TTL_MS);
     const char *fields[] = {"by"};
     const char *values[] = {"test"};
-    assert_int_equal(sn_leader_fenced_hset(probe, first_fence, "test:fenced", 1, fields, values,
-                                           NULL),
-                     SN_DECLINED);
+    assert_int_equal(
+        sn_leader_fenced_hset(probe, first_fence, "test:fenced", 1, fields, values, NULL),
+        SN_DECLINED);
     assert_int_equal(sn_leader_fenced_hset(probe, second_fence + 1000000, "test:fenced", 1, fields,
                                            values, NULL),
                      SN_DECLINED);
-    assert_int_equal(sn_leader_fenced_hset(probe, second_fence, "test:fenced", 1, fields, values,
-                                           NULL),
-                     SN_OK);
+    assert_int_equal(
+        sn_leader_fenced_hset(probe, second_fence, "test:fenced", 1, fields, values, NULL), SN_OK);
 
     /* Freeze the leader past its ttl: a third instance takes over; the frozen one wakes,
      * steps down and acts no more. */
@@ -120,9 +119,9 @@ static void test_mesh_leader_failover_fencing_and_frozen_leader(void **state)
     kill(frozen->pid, SIGCONT);
     assert_true(sn_mesh_wait_log(&m, second, "stepped down", 5000));
     /* Its old fence is refused; the lock stays with lead3; its registration says follower. */
-    assert_int_equal(sn_leader_fenced_hset(probe, second_fence, "test:fenced", 1, fields, values,
-                                           NULL),
-                     SN_DECLINED);
+    assert_int_equal(
+        sn_leader_fenced_hset(probe, second_fence, "test:fenced", 1, fields, values, NULL),
+        SN_DECLINED);
     char *key = sn_strdupf("agent:test-leader:%s", second);
     bool is_follower = false;
     for (int64_t end = sn_mono_ms() + 5000; !is_follower && sn_mono_ms() < end;) {
@@ -182,9 +181,8 @@ static void test_mesh_redis_restart_leaders_step_down_agents_survive(void **stat
     assert_true(sn_test_redis_restart(&m.redis));
     /* Leadership comes back and the Redis Functions still work (reloaded). */
     assert_true(sn_mesh_wait_service(&m, "test.jobs.submit", 1, 15000));
-    assert_int_equal(sn_mesh_call_note(&m, "test.jobs.submit", "post-restart", 100, 5000, &reply,
-                                       NULL),
-                     SN_OK);
+    assert_int_equal(
+        sn_mesh_call_note(&m, "test.jobs.submit", "post-restart", 100, 5000, &reply, NULL), SN_OK);
     sn_envelope_free(&reply);
     bool done = false;
     for (int64_t end = sn_mono_ms() + 10000; !done && sn_mono_ms() < end;) {

@@ -146,8 +146,8 @@ static sn_rc_t s_slow_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq,
         return SN_OK;
     }
     rc = sn_ledger_complete(ledger, in->job_id, epoch, true, NULL, 0);
-    sn_info("test-slow", "completed job=%s epoch=%llu rc=%s", in->job_id,
-            (unsigned long long)epoch, sn_rc_str(rc));
+    sn_info("test-slow", "completed job=%s epoch=%llu rc=%s", in->job_id, (unsigned long long)epoch,
+            sn_rc_str(rc));
     s_slow_answer(req, reply, rc == SN_OK ? "done" : "complete-refused", (int64_t)epoch);
     return SN_OK;
 }

@@ -68,11 +68,30 @@ static bool s_redis_launch(sn_test_redis_t *self)
 {
     char *port = sn_strdupf("%d", self->port);
     char *log = sn_strdupf("%s/redis.log", self->dir);
-    char *argv[] = {"/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1",
-                    "--unixsocket", self->unix_path, "--unixsocketperm", "700",
-                    "--dir", self->dir, "--appendonly", "yes", "--appendfsync", "always",
-                    "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-                    "--protected-mode", "no", NULL};
+    char *argv[] = {"/usr/bin/redis-server",
+                    "--port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--unixsocket",
+                    self->unix_path,
+                    "--unixsocketperm",
+                    "700",
+                    "--dir",
+                    self->dir,
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                    "--maxmemory-policy",
+                    "noeviction",
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    NULL};
     self->pid = sn_test_spawn(argv, log);
     bool ok = self->pid > 0 && sn_test_wait_for(s_redis_ping, self, 5000);
     free(port);

@@ -30,9 +30,9 @@ typedef enum {
 } sn_leadership_t;
 
 typedef struct sn_role {
-    const char *name;    /* "cloudflare-deployer" */
-    const char *agent;   /* "BuildPilot" */
-    const char *summary; /* one line for --list-roles */
+    const char *name;                 /* "cloudflare-deployer" */
+    const char *agent;                /* "BuildPilot" */
+    const char *summary;              /* one line for --list-roles */
     const char *const *services;      /* NULL-terminated; "{host}" expands to sn_ctx_host */
     const char *const *subscriptions; /* NULL-terminated bus topic prefixes */
     sn_leadership_t leadership;
@@ -68,16 +68,16 @@ const char *sn_ctx_instance(sn_ctx_t *ctx);
 /* This process's host name: $SENTINEL_HOST, else gethostname(). Expands "{host}" in
  * service names. */
 const char *sn_ctx_host(sn_ctx_t *ctx);
-sn_source_t *sn_ctx_source(sn_ctx_t *ctx);     /* any thread */
-sn_redis_t *sn_ctx_redis(sn_ctx_t *ctx);       /* any thread */
-sn_ledger_t *sn_ctx_ledger(sn_ctx_t *ctx);     /* any thread */
-sn_journal_t *sn_ctx_journal(sn_ctx_t *ctx);   /* any thread */
-sn_metrics_t *sn_ctx_metrics(sn_ctx_t *ctx);   /* any thread */
+sn_source_t *sn_ctx_source(sn_ctx_t *ctx);   /* any thread */
+sn_redis_t *sn_ctx_redis(sn_ctx_t *ctx);     /* any thread */
+sn_ledger_t *sn_ctx_ledger(sn_ctx_t *ctx);   /* any thread */
+sn_journal_t *sn_ctx_journal(sn_ctx_t *ctx); /* any thread */
+sn_metrics_t *sn_ctx_metrics(sn_ctx_t *ctx); /* any thread */
 /* The audit chain (thread-safe), or NULL when it could not be opened: a role then performs
  * no side effect (fail closed). Any thread. */
 sn_audit_t *sn_ctx_audit(sn_ctx_t *ctx);
 bool sn_ctx_is_leader(sn_ctx_t *ctx);
-uint64_t sn_ctx_fence(sn_ctx_t *ctx);          /* 0 when not leading */
+uint64_t sn_ctx_fence(sn_ctx_t *ctx); /* 0 when not leading */
 /* True once shutdown began: job functions should finish or hand their job back. Any thread. */
 bool sn_ctx_is_stopping(sn_ctx_t *ctx);
 

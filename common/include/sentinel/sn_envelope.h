@@ -36,8 +36,7 @@ uint8_t *sn_envelope_pack(const sn_envelope_t *env, size_t *len);
 /* Decodes @len bytes. Refuses (NULL) an empty or larger-than-@max_len input, bytes that
  * do not parse, and an envelope without a valid id or a type. Caller frees the result
  * with sn_envelope_free. @why, if not NULL, receives a static reason on failure. */
-sn_envelope_t *sn_envelope_unpack(const void *data, size_t len, size_t max_len,
-                                  const char **why);
+sn_envelope_t *sn_envelope_unpack(const void *data, size_t len, size_t max_len, const char **why);
 
 /* Frees an envelope returned by sn_envelope_unpack; NULL-safe, nulls *env_p. */
 void sn_envelope_free(sn_envelope_t **env_p);

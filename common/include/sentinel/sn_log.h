@@ -6,7 +6,13 @@
 
 #include "sentinel/sn_common.h"
 
-typedef enum { SN_LOG_DEBUG = 0, SN_LOG_INFO, SN_LOG_WARN, SN_LOG_ERROR, SN_LOG_OFF } sn_log_level_t;
+typedef enum {
+    SN_LOG_DEBUG = 0,
+    SN_LOG_INFO,
+    SN_LOG_WARN,
+    SN_LOG_ERROR,
+    SN_LOG_OFF
+} sn_log_level_t;
 
 /* Sets the identity printed on every line (copied). Call once at start; NULL-safe. */
 void sn_log_init(const char *role, const char *instance);
