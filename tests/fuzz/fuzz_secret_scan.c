@@ -1,7 +1,7 @@
 /* libFuzzer entry point for the leaked-credential scanner (agents/infraguard/secret_scan.c):
  * any bytes, scanned as a file and parsed as a tar archive, must be handled within bounds,
  * never crash, leak or read out of bounds, and every finding must point at a line that
- * exists. Built by hand (not part of CMake), e.g.:
+ * exists. Built by CMake with clang and -DSN_FUZZ=ON (tests/CMakeLists.txt), or by hand, e.g.:
  *   clang -g -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I common/include \
  *     -I agents/infraguard tests/fuzz/fuzz_secret_scan.c agents/infraguard/secret_scan.c \
  *     common/src/sn_common.c common/src/sn_log.c $(pkg-config --cflags --libs libcrypto) \
