@@ -209,6 +209,13 @@ static bool s_role_ok(const char *role);
 static void s_ids_push(sn_ledger_ids_t *ids, const char *s, size_t len);
 static sn_rc_t s_ids_from_reply(const redisReply *r, sn_ledger_ids_t *out);
 static int64_t s_i64(const redisReply *r);
+static sn_rc_t s_job_fcall(sn_ledger_t *self, sn_redis_chan_t chan, const char *fn,
+                           const char *what, const char *job_id, const char *key, int nargs,
+                           const char **args, const size_t *lens, redisReply **r);
+static sn_rc_t s_read(sn_ledger_t *self, const char *cmd, char *key, int nextra, const char **extra,
+                      redisReply **r);
+static sn_rc_t s_read_ids(sn_ledger_t *self, const char *cmd, char *key, int nextra,
+                          const char **extra, sn_ledger_ids_t *out);
 
 void sn_ledger_ids_fini(sn_ledger_ids_t *self)
 {
@@ -351,48 +358,42 @@ sn_rc_t sn_ledger_claim(sn_ledger_t *self, const char *job_id, const char *insta
         return SN_ERROR;
     char lease[24];
     snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
-    char *job = sn_strdupf("job:%s", job_id);
-    const char *keys[] = {job, "jobs:leases"};
     const char *args[] = {instance, lease};
     redisReply *r = NULL;
-    sn_rc_t rc =
-        sn_redis_fcall(self->redis, SN_REDIS_LEASE, 0, &r, "sn_job_claim", 2, keys, 2, args, NULL);
-    free(job);
+    sn_rc_t rc = s_job_fcall(self, SN_REDIS_LEASE, "sn_job_claim", "claim", job_id, "jobs:leases",
+                             2, args, NULL, &r);
     if (rc != SN_OK)
         return rc;
-    rc = s_status(r, "claim", job_id);
-    if (rc == SN_OK) {
-        if (r->elements < 11) {
+    if (r->elements < 11) {
+        rc = SN_ERROR;
+        goto out;
+    }
+    for (size_t i = 1; i < 11; i++)
+        if (r->element[i]->type != REDIS_REPLY_STRING) {
+            sn_warn("ledger", "claim %s: malformed job record", job_id);
             rc = SN_ERROR;
             goto out;
         }
-        for (size_t i = 1; i < 11; i++)
-            if (r->element[i]->type != REDIS_REPLY_STRING) {
-                sn_warn("ledger", "claim %s: malformed job record", job_id);
-                rc = SN_ERROR;
-                goto out;
-            }
-        if (epoch)
-            *epoch = (uint64_t)s_i64(r->element[1]);
-        if (spec_out) {
-            Sentinel__V1__JobSpec spec = SENTINEL__V1__JOB_SPEC__INIT;
-            spec.job_id = (char *)job_id;
-            spec.kind = r->element[3]->str;
-            spec.service = r->element[4]->str;
-            spec.owner_role = r->element[5]->str;
-            spec.attempt = (uint32_t)s_i64(r->element[6]);
-            spec.max_attempts = (uint32_t)s_i64(r->element[7]);
-            spec.lease_ms = s_i64(r->element[8]);
-            spec.payload.data = (uint8_t *)r->element[9]->str;
-            spec.payload.len = r->element[9]->len;
-            spec.correlation_id = r->element[10]->str;
-            size_t n = sentinel__v1__job_spec__get_packed_size(&spec);
-            uint8_t *buf = sn_malloc(n ? n : 1);
-            sentinel__v1__job_spec__pack(&spec, buf);
-            *spec_out = sentinel__v1__job_spec__unpack(NULL, n, buf);
-            free(buf);
-            SN_ASSERT(*spec_out);
-        }
+    if (epoch)
+        *epoch = (uint64_t)s_i64(r->element[1]);
+    if (spec_out) {
+        Sentinel__V1__JobSpec spec = SENTINEL__V1__JOB_SPEC__INIT;
+        spec.job_id = (char *)job_id;
+        spec.kind = r->element[3]->str;
+        spec.service = r->element[4]->str;
+        spec.owner_role = r->element[5]->str;
+        spec.attempt = (uint32_t)s_i64(r->element[6]);
+        spec.max_attempts = (uint32_t)s_i64(r->element[7]);
+        spec.lease_ms = s_i64(r->element[8]);
+        spec.payload.data = (uint8_t *)r->element[9]->str;
+        spec.payload.len = r->element[9]->len;
+        spec.correlation_id = r->element[10]->str;
+        size_t n = sentinel__v1__job_spec__get_packed_size(&spec);
+        uint8_t *buf = sn_malloc(n ? n : 1);
+        sentinel__v1__job_spec__pack(&spec, buf);
+        *spec_out = sentinel__v1__job_spec__unpack(NULL, n, buf);
+        free(buf);
+        SN_ASSERT(*spec_out);
     }
 out:
     freeReplyObject(r);
@@ -408,20 +409,16 @@ sn_rc_t sn_ledger_renew(sn_ledger_t *self, const char *job_id, uint64_t epoch, i
     char es[24], lease[24];
     snprintf(es, sizeof es, "%" PRIu64, epoch);
     snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
-    char *job = sn_strdupf("job:%s", job_id);
-    const char *keys[] = {job, "jobs:leases"};
     const char *args[] = {es, lease};
     redisReply *r = NULL;
-    sn_rc_t rc =
-        sn_redis_fcall(self->redis, SN_REDIS_LEASE, 0, &r, "sn_job_renew", 2, keys, 2, args, NULL);
-    free(job);
+    sn_rc_t rc = s_job_fcall(self, SN_REDIS_LEASE, "sn_job_renew", "renew", job_id, "jobs:leases",
+                             2, args, NULL, &r);
     if (rc != SN_OK)
         return rc;
-    rc = s_status(r, "renew", job_id);
-    if (rc == SN_OK && granted_ms)
+    if (granted_ms)
         *granted_ms = r->elements >= 2 ? s_i64(r->element[1]) : 0;
     freeReplyObject(r);
-    return rc;
+    return SN_OK;
 }
 
 sn_rc_t sn_ledger_complete(sn_ledger_t *self, const char *job_id, uint64_t epoch, bool ok,
@@ -481,21 +478,17 @@ static sn_rc_t s_guarded(sn_ledger_t *self, const char *job_id, uint64_t epoch, 
         return SN_ERROR;
     char es[24];
     snprintf(es, sizeof es, "%" PRIu64, epoch);
-    char *job = sn_strdupf("job:%s", job_id);
-    const char *keys[] = {job, key};
     const char *args[] = {es, op, field ? field : "", value ? (const char *)value : ""};
     size_t lens[] = {strlen(es), strlen(op), strlen(args[2]), value ? value_len : 0};
     redisReply *r = NULL;
-    sn_rc_t rc =
-        sn_redis_fcall(self->redis, SN_REDIS_MAIN, 0, &r, "sn_job_guarded", 2, keys, 4, args, lens);
-    free(job);
+    sn_rc_t rc = s_job_fcall(self, SN_REDIS_MAIN, "sn_job_guarded", "guarded write", job_id, key, 4,
+                             args, lens, &r);
     if (rc != SN_OK)
         return rc;
-    rc = s_status(r, "guarded write", job_id);
-    if (rc == SN_OK && out)
+    if (out)
         *out = r->elements >= 2 ? s_i64(r->element[1]) : 0;
     freeReplyObject(r);
-    return rc;
+    return SN_OK;
 }
 
 sn_rc_t sn_ledger_guarded_incr(sn_ledger_t *self, const char *job_id, uint64_t epoch,
@@ -638,16 +631,8 @@ sn_rc_t sn_ledger_open_jobs(sn_ledger_t *self, const char *role, sn_ledger_ids_t
     memset(out, 0, sizeof *out);
     if (!s_role_ok(role))
         return SN_ERROR;
-    char *key = sn_strdupf("%sjobs:open:%s", sn_redis_ns(self->redis), role);
-    const char *argv[] = {"SMEMBERS", key};
-    redisReply *r = NULL;
-    sn_rc_t rc = sn_redis_cmd(self->redis, SN_REDIS_MAIN, 0, &r, 2, argv, NULL);
-    free(key);
-    if (rc != SN_OK)
-        return rc;
-    rc = s_ids_from_reply(r, out);
-    freeReplyObject(r);
-    return rc;
+    return s_read_ids(self, "SMEMBERS",
+                      sn_strdupf("%sjobs:open:%s", sn_redis_ns(self->redis), role), 0, NULL, out);
 }
 
 sn_rc_t sn_ledger_dead_jobs(sn_ledger_t *self, size_t max, sn_ledger_ids_t *out)
@@ -656,18 +641,11 @@ sn_rc_t sn_ledger_dead_jobs(sn_ledger_t *self, size_t max, sn_ledger_ids_t *out)
     memset(out, 0, sizeof *out);
     if (max == 0)
         return SN_OK;
-    char *key = sn_strdupf("%sjobs:dead", sn_redis_ns(self->redis));
     char stop[24];
     snprintf(stop, sizeof stop, "%zu", max - 1);
-    const char *argv[] = {"LRANGE", key, "0", stop};
-    redisReply *r = NULL;
-    sn_rc_t rc = sn_redis_cmd(self->redis, SN_REDIS_MAIN, 0, &r, 4, argv, NULL);
-    free(key);
-    if (rc != SN_OK)
-        return rc;
-    rc = s_ids_from_reply(r, out);
-    freeReplyObject(r);
-    return rc;
+    const char *range[] = {"0", stop};
+    return s_read_ids(self, "LRANGE", sn_strdupf("%sjobs:dead", sn_redis_ns(self->redis)), 2, range,
+                      out);
 }
 
 static sn_job_state_t s_state_parse(const char *s)
@@ -692,11 +670,9 @@ sn_rc_t sn_ledger_get(sn_ledger_t *self, const char *job_id, sn_ledger_job_t *ou
     memset(out, 0, sizeof *out);
     if (!sn_ledger_id_is_valid(job_id))
         return SN_ERROR;
-    char *key = sn_strdupf("%sjob:%s", sn_redis_ns(self->redis), job_id);
-    const char *argv[] = {"HGETALL", key};
     redisReply *r = NULL;
-    sn_rc_t rc = sn_redis_cmd(self->redis, SN_REDIS_MAIN, 0, &r, 2, argv, NULL);
-    free(key);
+    sn_rc_t rc = s_read(self, "HGETALL", sn_strdupf("%sjob:%s", sn_redis_ns(self->redis), job_id),
+                        0, NULL, &r);
     if (rc != SN_OK)
         return rc;
     if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 || r->elements % 2) {
@@ -855,4 +831,56 @@ static int64_t s_i64(const redisReply *r)
     if (sn_parse_i64(r->str, INT64_MIN, INT64_MAX, &v) != SN_OK)
         return 0;
     return v;
+}
+
+/* FCALL @fn on the keys job:<job_id> and @key (both namespaced by sn_redis_fcall) with
+ * @nargs @args (@lens NULL for C strings); the answer is checked by s_status (@what names
+ * the operation in its log). SN_OK with the reply in *r (caller frees); otherwise the
+ * reply is freed here and *r is NULL. */
+static sn_rc_t s_job_fcall(sn_ledger_t *self, sn_redis_chan_t chan, const char *fn,
+                           const char *what, const char *job_id, const char *key, int nargs,
+                           const char **args, const size_t *lens, redisReply **r)
+{
+    char *job = sn_strdupf("job:%s", job_id);
+    const char *keys[] = {job, key};
+    *r = NULL;
+    sn_rc_t rc = sn_redis_fcall(self->redis, chan, 0, r, fn, 2, keys, nargs, args, lens);
+    free(job);
+    if (rc != SN_OK)
+        return rc;
+    rc = s_status(*r, what, job_id);
+    if (rc != SN_OK) {
+        freeReplyObject(*r);
+        *r = NULL;
+    }
+    return rc;
+}
+
+/* A plain read: @cmd on @key (owned: freed here, already namespaced) followed by @nextra
+ * (at most 2) more arguments. sn_redis_cmd's code, with the reply in *r (caller frees) on
+ * SN_OK. */
+static sn_rc_t s_read(sn_ledger_t *self, const char *cmd, char *key, int nextra, const char **extra,
+                      redisReply **r)
+{
+    SN_ASSERT(nextra >= 0 && nextra <= 2);
+    const char *argv[4] = {cmd, key};
+    for (int i = 0; i < nextra; i++)
+        argv[2 + i] = extra[i];
+    *r = NULL;
+    sn_rc_t rc = sn_redis_cmd(self->redis, SN_REDIS_MAIN, 0, r, 2 + nextra, argv, NULL);
+    free(key);
+    return rc;
+}
+
+/* s_read of a list or set of ids into *out. */
+static sn_rc_t s_read_ids(sn_ledger_t *self, const char *cmd, char *key, int nextra,
+                          const char **extra, sn_ledger_ids_t *out)
+{
+    redisReply *r = NULL;
+    sn_rc_t rc = s_read(self, cmd, key, nextra, extra, &r);
+    if (rc != SN_OK)
+        return rc;
+    rc = s_ids_from_reply(r, out);
+    freeReplyObject(r);
+    return rc;
 }

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sentinel/sn_backoff.h"
 #include "sentinel/sn_envelope.h"
 #include "sentinel/sn_id.h"
+#include "sentinel/sn_link.h"
 #include "sentinel/sn_log.h"
 
 typedef struct {
@@ -21,61 +21,33 @@ typedef struct {
 
 struct sn_rpc {
     char *endpoint;
-    bool has_curve;
-    char server_key[41], public_key[41], secret_key[41];
-    void *sock;
-    void *monitor; /* PAIR reading the DEALER's ZMQ_EVENT_DISCONNECTED */
-    bool connected;
-    int heartbeat_ms;
-    int liveness;
-    int64_t max_frame_bytes;
-    int64_t next_heartbeat;
-    int64_t broker_deadline; /* silence past this = broker lost */
-    int64_t connect_at;      /* when not connected: when to connect */
-    sn_backoff_t backoff;
+    sn_link_t *link; /* monitored: a TCP disconnect answers outstanding requests */
     uint64_t next_id;
     zhash_t *outstanding; /* "%llu" -> s_pending_t* (owned) */
     zlistx_t *results;    /* sn_rpc_result_t* ready for sn_rpc_recv (owned) */
-    uint32_t connects;
 };
 
-static sn_rc_t s_open(sn_rpc_t *self);
-static void s_connect(sn_rpc_t *self);
-static void s_reset(sn_rpc_t *self, const char *why);
-static void s_heartbeat(sn_rpc_t *self);
 static bool s_read(sn_rpc_t *self);
 static sn_rpc_result_t *s_take(sn_rpc_t *self, uint64_t id);
 static void s_key(char *out, size_t len, uint64_t id);
-static void s_monitor_close(sn_rpc_t *self);
-static void s_fail_outstanding(sn_rpc_t *self);
-static void s_check_monitor(sn_rpc_t *self);
+static void s_on_lost(void *arg, const char *why);
 
 sn_rpc_t *sn_rpc_new(const char *endpoint, const sn_curve_keys_t *curve)
 {
     SN_ASSERT(endpoint);
     sn_rpc_t *self = sn_calloc(1, sizeof *self);
     self->endpoint = sn_strdup(endpoint);
-    if (curve) {
-        self->has_curve = true;
-        sn_strlcpy(self->server_key, curve->server_public ? curve->server_public : "",
-                   sizeof self->server_key);
-        sn_strlcpy(self->public_key, curve->public_key ? curve->public_key : "",
-                   sizeof self->public_key);
-        sn_strlcpy(self->secret_key, curve->secret_key ? curve->secret_key : "",
-                   sizeof self->secret_key);
-    }
-    self->heartbeat_ms = 1000;
-    self->liveness = 3;
-    self->max_frame_bytes = SN_MAX_FRAME_BYTES;
-    sn_backoff_init(&self->backoff, 250, 10000);
     self->next_id = (sn_random_u64() >> 16) | 1;
     self->outstanding = zhash_new();
     self->results = zlistx_new();
-    if (s_open(self) != SN_OK) {
+    sn_link_hooks_t hooks = {
+        .module = "rpc", .is_monitored = true, .arg = self, .on_lost = s_on_lost};
+    self->link = sn_link_new(endpoint, curve, &hooks);
+    if (!self->link) {
         sn_rpc_destroy(&self);
         return NULL;
     }
-    s_connect(self);
+    sn_link_start(self->link);
     return self;
 }
 
@@ -84,9 +56,7 @@ void sn_rpc_destroy(sn_rpc_t **self_p)
     if (!self_p || !*self_p)
         return;
     sn_rpc_t *self = *self_p;
-    s_monitor_close(self);
-    if (self->sock)
-        zmq_close(self->sock);
+    sn_link_destroy(&self->link);
     zhash_destroy(&self->outstanding);
     for (sn_rpc_result_t *r = zlistx_first(self->results); r; r = zlistx_next(self->results)) {
         sn_rpc_result_fini(r);
@@ -100,16 +70,12 @@ void sn_rpc_destroy(sn_rpc_t **self_p)
 
 void sn_rpc_set_heartbeat(sn_rpc_t *self, int heartbeat_ms, int liveness)
 {
-    SN_ASSERT(heartbeat_ms > 0 && liveness > 0);
-    self->heartbeat_ms = heartbeat_ms;
-    self->liveness = liveness;
-    self->broker_deadline = sn_mono_ms() + (int64_t)heartbeat_ms * liveness;
-    self->next_heartbeat = 0;
+    sn_link_set_heartbeat(self->link, heartbeat_ms, liveness);
 }
 
 void sn_rpc_set_max_frame(sn_rpc_t *self, int64_t max_frame_bytes)
 {
-    self->max_frame_bytes = max_frame_bytes;
+    sn_link_set_max_frame(self->link, max_frame_bytes);
 }
 
 sn_rc_t sn_rpc_send(sn_rpc_t *self, const char *service, const void *env, size_t len,
@@ -136,7 +102,7 @@ sn_rc_t sn_rpc_send_id(sn_rpc_t *self, uint64_t request_id, const char *service,
     if (zhash_lookup(self->outstanding, key))
         return SN_ERROR;
     sn_rpc_tick(self);
-    if (!self->connected)
+    if (!sn_link_is_connected(self->link))
         return SN_AGAIN;
     sn_proto_msg_t m = {.cmd = SN_PROTO_REQUEST,
                         .request_id = request_id,
@@ -144,8 +110,7 @@ sn_rc_t sn_rpc_send_id(sn_rpc_t *self, uint64_t request_id, const char *service,
                         .attempt = attempt,
                         .service = {(const uint8_t *)service, strlen(service)},
                         .envelope = {env, len}};
-    sn_rc_t rc = sn_proto_send(self->sock, NULL, 0, &m, SN_PROTO_UP);
-    if (rc != SN_OK)
+    if (sn_link_send(self->link, &m) != SN_OK)
         return SN_AGAIN;
     s_pending_t *p = sn_malloc(sizeof *p);
     p->id = request_id;
@@ -168,9 +133,9 @@ sn_rc_t sn_rpc_cancel(sn_rpc_t *self, uint64_t request_id, uint32_t attempt)
         sn_rpc_result_fini(r);
         free(r);
     }
-    if (self->connected) {
+    if (sn_link_is_connected(self->link)) {
         sn_proto_msg_t m = {.cmd = SN_PROTO_CANCEL, .request_id = request_id, .attempt = attempt};
-        if (sn_proto_send(self->sock, NULL, 0, &m, SN_PROTO_UP) != SN_OK)
+        if (sn_link_send(self->link, &m) != SN_OK)
             sn_debug("rpc", "CANCEL not sent: %s", zmq_strerror(errno));
     }
     return SN_OK;
@@ -178,7 +143,7 @@ sn_rc_t sn_rpc_cancel(sn_rpc_t *self, uint64_t request_id, uint32_t attempt)
 
 void *sn_rpc_socket(sn_rpc_t *self)
 {
-    return self->sock;
+    return sn_link_socket(self->link);
 }
 
 sn_rc_t sn_rpc_recv(sn_rpc_t *self, sn_rpc_result_t *out)
@@ -205,34 +170,16 @@ void sn_rpc_result_fini(sn_rpc_result_t *result)
     }
 }
 
+/* sn_rpc_recv, sn_rpc_send and sn_rpc_call tick before they read, so that broker silence
+ * is judged before anything queued hides it (sn_link_tick). */
 void sn_rpc_tick(sn_rpc_t *self)
 {
-    int64_t now = sn_mono_ms();
-    if (!self->connected) {
-        if (now >= self->connect_at)
-            s_connect(self);
-        return;
-    }
-    s_check_monitor(self);
-    /* Checked before anything queued is read (sn_rpc_recv, sn_rpc_send and sn_rpc_call
-     * tick first): after this thread was stopped for the silence window, heartbeats the
-     * broker sent before it declared us dead must not hide that it did (§7). */
-    if (now >= self->broker_deadline) {
-        s_reset(self, "broker silent");
-        return;
-    }
-    if (now >= self->next_heartbeat)
-        s_heartbeat(self);
+    sn_link_tick(self->link);
 }
 
 int sn_rpc_timeout_ms(sn_rpc_t *self)
 {
-    int64_t now = sn_mono_ms();
-    int64_t at = self->connected ? self->next_heartbeat : self->connect_at;
-    if (self->connected && self->broker_deadline < at)
-        at = self->broker_deadline;
-    int64_t d = at - now;
-    return d < 0 ? 0 : (int)d;
+    return sn_link_timeout_ms(self->link);
 }
 
 size_t sn_rpc_outstanding(sn_rpc_t *self)
@@ -242,7 +189,7 @@ size_t sn_rpc_outstanding(sn_rpc_t *self)
 
 uint32_t sn_rpc_connects(sn_rpc_t *self)
 {
-    return self->connects;
+    return sn_link_connects(self->link);
 }
 
 sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env, size_t len,
@@ -263,7 +210,7 @@ sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env, size_t
         if (left <= 0)
             return SN_AGAIN;
         int wait = sn_rpc_timeout_ms(self);
-        zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = {sn_link_socket(self->link), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, wait < left ? (wait < 10 ? 10 : wait) : left) > 0)
             while (s_read(self))
                 ;
@@ -296,7 +243,7 @@ sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env, size_t
         int wait = sn_rpc_timeout_ms(self);
         if (wait > left)
             wait = (int)left;
-        zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
+        zmq_pollitem_t item = {sn_link_socket(self->link), 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, wait) > 0)
             while (s_read(self))
                 ;
@@ -304,45 +251,15 @@ sn_rc_t sn_rpc_call(sn_rpc_t *self, const char *service, const void *env, size_t
     }
 }
 
-static sn_rc_t s_open(sn_rpc_t *self)
+/* The broker lost what it held for us (link reset or TCP disconnect): every outstanding
+ * request is answered here with NAK worker-lost. */
+static void s_on_lost(void *arg, const char *why)
 {
-    self->sock = zmq_socket(zsys_init(), ZMQ_DEALER);
-    SN_ASSERT(self->sock);
-    sn_curve_keys_t keys = {self->server_key, self->public_key, self->secret_key};
-    if (sn_proto_socket_setup(self->sock, self->max_frame_bytes, self->has_curve ? &keys : NULL) !=
-        SN_OK) {
-        zmq_close(self->sock);
-        self->sock = NULL;
-        return SN_ERROR;
-    }
-    /* A broker that dies and restarts within the silence window forgets our requests:
-     * the TCP disconnect tells us at once (the DEALER itself reconnects). */
-    char mon[64];
-    snprintf(mon, sizeof mon, "inproc://sn-rpc-mon-%p-%u", (void *)self, self->connects);
-    if (zmq_socket_monitor(self->sock, mon, ZMQ_EVENT_DISCONNECTED) == 0) {
-        self->monitor = zmq_socket(zsys_init(), ZMQ_PAIR);
-        if (self->monitor && zmq_connect(self->monitor, mon) != 0) {
-            zmq_close(self->monitor);
-            self->monitor = NULL;
-        }
-    }
-    self->connects++;
-    self->connected = false;
-    return SN_OK;
-}
-
-static void s_monitor_close(sn_rpc_t *self)
-{
-    if (self->sock)
-        zmq_socket_monitor(self->sock, NULL, 0);
-    if (self->monitor)
-        zmq_close(self->monitor);
-    self->monitor = NULL;
-}
-
-/* Answers every outstanding request locally with NAK worker-lost. */
-static void s_fail_outstanding(sn_rpc_t *self)
-{
+    sn_rpc_t *self = arg;
+    if (zhash_size(self->outstanding) == 0)
+        return;
+    sn_warn("rpc", "broker connection lost (%s) endpoint=%s: %zu outstanding answered worker-lost",
+            why, self->endpoint, zhash_size(self->outstanding));
     for (s_pending_t *p = zhash_first(self->outstanding); p; p = zhash_next(self->outstanding)) {
         sn_rpc_result_t *r = sn_calloc(1, sizeof *r);
         r->request_id = p->id;
@@ -355,145 +272,35 @@ static void s_fail_outstanding(sn_rpc_t *self)
     self->outstanding = zhash_new();
 }
 
-/* A disconnect from the broker loses whatever it held for us. */
-static void s_check_monitor(sn_rpc_t *self)
-{
-    if (!self->monitor)
-        return;
-    bool is_lost = false;
-    for (;;) {
-        zmq_msg_t frame;
-        zmq_msg_init(&frame);
-        if (zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&frame);
-            break;
-        }
-        if (zmq_msg_size(&frame) == 6) {
-            uint16_t event;
-            memcpy(&event, zmq_msg_data(&frame), sizeof event);
-            is_lost = is_lost || event == ZMQ_EVENT_DISCONNECTED;
-        }
-        zmq_msg_close(&frame);
-    }
-    if (is_lost && zhash_size(self->outstanding) > 0) {
-        sn_warn("rpc", "broker connection closed endpoint=%s: %zu outstanding answered worker-lost",
-                self->endpoint, zhash_size(self->outstanding));
-        s_fail_outstanding(self);
-    }
-}
-
-static void s_connect(sn_rpc_t *self)
-{
-    if (zmq_connect(self->sock, self->endpoint) != 0) {
-        sn_error("rpc", "cannot connect to %s: %s", self->endpoint, zmq_strerror(errno));
-        self->connect_at = sn_mono_ms() + sn_backoff_next(&self->backoff);
-        return;
-    }
-    self->connected = true;
-    self->broker_deadline = sn_mono_ms() + (int64_t)self->heartbeat_ms * self->liveness;
-    s_heartbeat(self); /* so that the broker knows us and heartbeats back */
-}
-
-/* Replaces the socket: close, answer outstanding requests locally, new socket, connect
- * after a jittered backoff. */
-static void s_reset(sn_rpc_t *self, const char *why)
-{
-    sn_warn("rpc", "connection to broker lost (%s), reconnecting endpoint=%s outstanding=%zu", why,
-            self->endpoint, zhash_size(self->outstanding));
-    s_monitor_close(self);
-    zmq_close(self->sock);
-    self->sock = NULL;
-    s_fail_outstanding(self);
-    /* s_open cannot fail here: the same options worked for the first socket. */
-    sn_rc_t rc = s_open(self);
-    SN_ASSERT(rc == SN_OK);
-    self->connect_at = sn_mono_ms() + sn_backoff_next(&self->backoff);
-}
-
-static void s_heartbeat(sn_rpc_t *self)
-{
-    sn_proto_msg_t m = {.cmd = SN_PROTO_HEARTBEAT, .flags = 0};
-    if (sn_proto_send(self->sock, NULL, 0, &m, SN_PROTO_UP) != SN_OK)
-        sn_debug("rpc", "heartbeat not sent: %s", zmq_strerror(errno));
-    self->next_heartbeat = sn_mono_ms() + self->heartbeat_ms;
-}
-
 /* Reads one message from the socket if there is one; true if it read something. */
 static bool s_read(sn_rpc_t *self)
 {
-    if (!self->connected)
-        return false;
-    zmq_msg_t frames[SN_PROTO_MAX_FRAMES];
-    size_t n = 0;
-    zmq_msg_init(&frames[0]);
-    if (zmq_msg_recv(&frames[0], self->sock, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&frames[0]);
-        return false;
-    }
-    n = 1;
-    bool overflow = false;
-    while (zmq_msg_more(&frames[n - 1])) {
-        if (n == SN_PROTO_MAX_FRAMES) {
-            zmq_msg_t junk;
-            zmq_msg_init(&junk);
-            int rc = zmq_msg_recv(&junk, self->sock, 0);
-            bool more = rc >= 0 && zmq_msg_more(&junk);
-            zmq_msg_close(&junk);
-            overflow = true;
-            if (!more)
-                break;
-            continue;
-        }
-        zmq_msg_init(&frames[n]);
-        if (zmq_msg_recv(&frames[n], self->sock, 0) < 0) {
-            zmq_msg_close(&frames[n]);
-            break;
-        }
-        n++;
-    }
-    sn_proto_bytes_t views[SN_PROTO_MAX_FRAMES];
-    for (size_t i = 0; i < n; i++)
-        views[i] = (sn_proto_bytes_t){zmq_msg_data(&frames[i]), zmq_msg_size(&frames[i])};
     sn_proto_msg_t m;
-    const char *why = NULL;
-    if (overflow || sn_proto_decode(views, n, SN_PROTO_DOWN, &m, &why) != SN_OK) {
-        sn_warn("rpc", "malformed message from broker refused why=%s",
-                overflow ? "too-many-frames" : why);
-        goto out;
-    }
-    self->broker_deadline = sn_mono_ms() + (int64_t)self->heartbeat_ms * self->liveness;
-    sn_backoff_reset(&self->backoff);
-    if (m.cmd == SN_PROTO_REPLY || m.cmd == SN_PROTO_NAK) {
-        char key[24];
-        s_key(key, sizeof key, m.request_id);
-        s_pending_t *p = zhash_lookup(self->outstanding, key);
-        if (!p || p->attempt != m.attempt) {
-            sn_debug("rpc", "answer for unknown request %llu dropped",
-                     (unsigned long long)m.request_id);
-            goto out;
-        }
-        zhash_delete(self->outstanding, key);
-        sn_rpc_result_t *r = sn_calloc(1, sizeof *r);
-        r->request_id = m.request_id;
-        r->attempt = m.attempt;
-        if (m.cmd == SN_PROTO_NAK) {
-            r->is_nak = true;
-            r->reason = m.reason;
-        } else if (m.envelope.len > 0) {
-            r->body = sn_malloc(m.envelope.len);
-            memcpy(r->body, m.envelope.data, m.envelope.len);
-            r->body_len = m.envelope.len;
-        }
-        zlistx_add_end(self->results, r);
-    } else if (m.cmd == SN_PROTO_DISCONNECT) {
-        for (size_t i = 0; i < n; i++)
-            zmq_msg_close(&frames[i]);
-        s_reset(self, "DISCONNECT from broker");
+    if (sn_link_recv(self->link, &m) != SN_OK)
         return false;
+    if (m.cmd != SN_PROTO_REPLY && m.cmd != SN_PROTO_NAK)
+        return true;
+    char key[24];
+    s_key(key, sizeof key, m.request_id);
+    s_pending_t *p = zhash_lookup(self->outstanding, key);
+    if (!p || p->attempt != m.attempt) {
+        sn_debug("rpc", "answer for unknown request %llu dropped",
+                 (unsigned long long)m.request_id);
+        return true;
     }
-out:
-    for (size_t i = 0; i < n; i++)
-        zmq_msg_close(&frames[i]);
+    zhash_delete(self->outstanding, key);
+    sn_rpc_result_t *r = sn_calloc(1, sizeof *r);
+    r->request_id = m.request_id;
+    r->attempt = m.attempt;
+    if (m.cmd == SN_PROTO_NAK) {
+        r->is_nak = true;
+        r->reason = m.reason;
+    } else if (m.envelope.len > 0) {
+        r->body = sn_malloc(m.envelope.len);
+        memcpy(r->body, m.envelope.data, m.envelope.len);
+        r->body_len = m.envelope.len;
+    }
+    zlistx_add_end(self->results, r);
     return true;
 }
 

@@ -117,21 +117,6 @@ static int s_seen(s_world_t *w, const char *service, const char *deploy_id, cons
 
 /* ---- fixture ------------------------------------------------------------------------------ */
 
-static size_t s_agent(sn_mesh_t *m, const char *role, const char *instance)
-{
-    SN_ASSERT(m->agent_count < SN_MESH_MAX_AGENTS);
-    sn_mesh_agent_t *a = &m->agents[m->agent_count];
-    sn_strlcpy(a->role, role, sizeof a->role);
-    sn_strlcpy(a->instance, instance, sizeof a->instance);
-    a->log = sn_strdupf("%s/%s.log", m->dir, instance);
-    char *bin = sn_test_bin("sentinel-agent");
-    char *argv[] = {bin, (char *)role, "--config", m->config, "--instance", (char *)instance, NULL};
-    a->pid = sn_test_spawn(argv, a->log);
-    free(bin);
-    SN_ASSERT(a->pid > 0);
-    return m->agent_count++;
-}
-
 static const char *s_yaml = "targets:\n"
                             "  - name: web\n"
                             "    type: local_static\n"
@@ -143,7 +128,7 @@ static size_t s_start_autoheal(s_world_t *w, const char *instance)
 {
     /* Targets without a configured host go to this process's host. */
     setenv("SENTINEL_HOST", "testhost", 1);
-    size_t i = s_agent(&w->m, "autoheal-executor", instance);
+    size_t i = sn_mesh_agent_bin(&w->m, "sentinel-agent", "autoheal-executor", instance);
     unsetenv("SENTINEL_HOST");
     return i;
 }
@@ -217,36 +202,22 @@ static sn_rc_t s_call(s_world_t *w, const char *service, const char *op, const c
 /* heal.action events in the journal about @deploy_id with label phase = @phase. */
 static int s_actions(s_world_t *w, const char *deploy_id, const char *phase)
 {
-    char *key = sn_strdupf("%s%s", w->m.ns, SN_JOURNAL_STREAM);
-    const char *argv[] = {"XRANGE", key, "-", "+"};
-    redisReply *r = NULL;
+    size_t count = 0;
+    sn_envelope_t **envs = sn_mesh_journal(&w->m, w->redis, &count);
     int n = 0;
-    if (sn_redis_cmd(w->redis, SN_REDIS_MAIN, 2000, &r, 4, argv, NULL) == SN_OK &&
-        r->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < r->elements; i++) {
-            const redisReply *fields = r->element[i]->element[1];
-            for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-                if (strcmp(fields->element[f]->str, "env") != 0)
-                    continue;
-                sn_envelope_t *env =
-                    sn_envelope_unpack(fields->element[f + 1]->str, fields->element[f + 1]->len,
-                                       SN_MAX_FRAME_BYTES, NULL);
-                if (env && strcmp(env->type, "heal.action") == 0 &&
-                    env->body_case == SENTINEL__V1__ENVELOPE__BODY_DEPLOY &&
-                    strcmp(env->deploy->deploy_id, deploy_id) == 0 &&
-                    strcmp(sn_envelope_label(env, "phase"), phase) == 0) {
-                    assert_non_null(sn_envelope_label(env, "action"));
-                    assert_non_null(sn_envelope_label(env, "target"));
-                    assert_non_null(sn_envelope_label(env, "reason"));
-                    n++;
-                }
-                sn_envelope_free(&env);
-            }
+    for (size_t i = 0; i < count; i++) {
+        sn_envelope_t *env = envs[i];
+        if (strcmp(env->type, "heal.action") == 0 &&
+            env->body_case == SENTINEL__V1__ENVELOPE__BODY_DEPLOY &&
+            strcmp(env->deploy->deploy_id, deploy_id) == 0 &&
+            strcmp(sn_envelope_label(env, "phase"), phase) == 0) {
+            assert_non_null(sn_envelope_label(env, "action"));
+            assert_non_null(sn_envelope_label(env, "target"));
+            assert_non_null(sn_envelope_label(env, "reason"));
+            n++;
         }
     }
-    if (r)
-        freeReplyObject(r);
-    free(key);
+    sn_mesh_envelopes_free(envs, count);
     return n;
 }
 

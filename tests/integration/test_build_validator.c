@@ -194,39 +194,10 @@ static char *s_commit(const char *branch, const char *text)
     return sha;
 }
 
-/* Starts a sentinel-agent (product roles) process in the mesh. */
-static void s_agent(const char *role, const char *instance)
-{
-    sn_mesh_t *m = &s_fix.mesh;
-    SN_ASSERT(m->agent_count < SN_MESH_MAX_AGENTS);
-    sn_mesh_agent_t *a = &m->agents[m->agent_count];
-    sn_strlcpy(a->role, role, sizeof a->role);
-    sn_strlcpy(a->instance, instance, sizeof a->instance);
-    a->log = sn_strdupf("%s/%s.log", m->dir, instance);
-    char *bin = sn_test_bin("sentinel-agent");
-    char *argv[] = {bin, (char *)role, "--config", m->config, "--instance", (char *)instance, NULL};
-    a->pid = sn_test_spawn(argv, a->log);
-    free(bin);
-    SN_ASSERT(a->pid > 0);
-    m->agent_count++;
-}
-
 static sn_rc_t s_call(const char *service, sn_envelope_t *env, int timeout_ms,
                       sn_envelope_t **reply, sn_nak_reason_t *nak)
 {
-    size_t len = 0;
-    uint8_t *bytes = sn_envelope_pack(env, &len);
-    uint8_t *out = NULL;
-    size_t out_len = 0;
-    sn_nak_reason_t reason = SN_NAK_NONE;
-    sn_rc_t rc =
-        sn_rpc_call(s_fix.mesh.client, service, bytes, len, timeout_ms, &out, &out_len, &reason);
-    free(bytes);
-    if (nak)
-        *nak = reason;
-    *reply = rc == SN_OK ? sn_envelope_unpack(out, out_len, SN_MAX_FRAME_BYTES, NULL) : NULL;
-    free(out);
-    return rc;
+    return sn_mesh_call(&s_fix.mesh, service, env, timeout_ms, reply, nak);
 }
 
 static int s_setup(void **state)
@@ -284,7 +255,7 @@ static int s_setup(void **state)
 
     s_fake.endpoint = s_fix.mesh.rpc;
     SN_ASSERT(pthread_create(&s_fake.th, NULL, s_fake_thread, NULL) == 0);
-    s_agent("build-validator", "bv1");
+    (void)sn_mesh_agent_bin(&s_fix.mesh, "sentinel-agent", "build-validator", "bv1");
     SN_ASSERT(sn_mesh_wait_service(&s_fix.mesh, "build.local", 1, 15000));
     SN_ASSERT(sn_mesh_wait_service(&s_fix.mesh, "run.trigger", 1, 15000));
 

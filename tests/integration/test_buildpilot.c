@@ -567,36 +567,23 @@ static bool s_wait_count(t_fix_t *t, const char *service, const char *op, int n)
 /* The event types of @run_id in journal order, comma-separated (caller frees). */
 static char *s_events(t_fix_t *t, const char *run_id)
 {
-    char *k = sn_strdupf("%sevents", t->mesh.ns);
-    const char *argv[] = {"XRANGE", k, "-", "+"};
-    redisReply *r = NULL;
+    size_t count = 0;
+    sn_envelope_t **envs = sn_mesh_journal(&t->mesh, t->redis, &count);
     size_t cap = 4096, len = 0;
     char *out = sn_calloc(1, cap);
-    if (sn_redis_cmd(t->redis, SN_REDIS_MAIN, 0, &r, 4, argv, NULL) == SN_OK) {
-        for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-            redisReply *fields = r->element[i]->element[1];
-            for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-                if (strcmp(fields->element[f]->str, "env") != 0)
-                    continue;
-                sn_envelope_t *env =
-                    sn_envelope_unpack(fields->element[f + 1]->str, fields->element[f + 1]->len,
-                                       SN_MAX_FRAME_BYTES, NULL);
-                if (env && env->correlation_id && strcmp(env->correlation_id, run_id) == 0 &&
-                    strncmp(env->type, "job.", 4) != 0) {
-                    size_t need = strlen(env->type) + 2;
-                    if (len + need >= cap) {
-                        cap *= 2;
-                        out = sn_realloc(out, cap);
-                    }
-                    len +=
-                        (size_t)snprintf(out + len, cap - len, "%s%s", len ? "," : "", env->type);
-                }
-                sn_envelope_free(&env);
+    for (size_t i = 0; i < count; i++) {
+        const sn_envelope_t *env = envs[i];
+        if (env->correlation_id && strcmp(env->correlation_id, run_id) == 0 &&
+            strncmp(env->type, "job.", 4) != 0) {
+            size_t need = strlen(env->type) + 2;
+            if (len + need >= cap) {
+                cap *= 2;
+                out = sn_realloc(out, cap);
             }
+            len += (size_t)snprintf(out + len, cap - len, "%s%s", len ? "," : "", env->type);
         }
-        freeReplyObject(r);
     }
-    free(k);
+    sn_mesh_envelopes_free(envs, count);
     return out;
 }
 

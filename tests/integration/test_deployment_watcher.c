@@ -54,23 +54,6 @@ static pid_t s_fake(s_world_t *w, const char *script, const char *extra1, const 
     return ok ? pid : -1;
 }
 
-/* Starts a sentinel-agent (the product binary) for @role as @instance in the mesh, so
- * sn_mesh_stop stops it and checks its exit status. */
-static size_t s_agent(sn_mesh_t *m, const char *role, const char *instance)
-{
-    SN_ASSERT(m->agent_count < SN_MESH_MAX_AGENTS);
-    sn_mesh_agent_t *a = &m->agents[m->agent_count];
-    sn_strlcpy(a->role, role, sizeof a->role);
-    sn_strlcpy(a->instance, instance, sizeof a->instance);
-    a->log = sn_strdupf("%s/%s.log", m->dir, instance);
-    char *bin = sn_test_bin("sentinel-agent");
-    char *argv[] = {bin, (char *)role, "--config", m->config, "--instance", (char *)instance, NULL};
-    a->pid = sn_test_spawn(argv, a->log);
-    free(bin);
-    SN_ASSERT(a->pid > 0);
-    return m->agent_count++;
-}
-
 static int s_setup(void **state)
 {
     s_world_t *w = sn_calloc(1, sizeof *w);
@@ -86,7 +69,7 @@ static int s_setup(void **state)
         return -1;
     /* The stuck threshold is 1 s here (inherited by the agent). */
     setenv("SENTINEL_STUCK_AFTER_MS", "1000", 1);
-    s_agent(&w->m, "deployment-watcher", "watch1");
+    (void)sn_mesh_agent_bin(&w->m, "sentinel-agent", "deployment-watcher", "watch1");
     unsetenv("SENTINEL_STUCK_AFTER_MS");
     w->http = sn_http_new();
     sn_redis_opts_t ro = {.unix_path = w->m.redis.unix_path, .namespace_ = w->m.ns};
@@ -468,35 +451,21 @@ typedef struct {
 /* deploy.stuck events in the journal for @deploy_id. */
 static int s_stuck_events(s_world_t *w, const char *deploy_id, char *phase_out, size_t phase_len)
 {
-    char *key = sn_strdupf("%s%s", w->m.ns, SN_JOURNAL_STREAM);
-    const char *argv[] = {"XRANGE", key, "-", "+"};
-    redisReply *r = NULL;
+    size_t count = 0;
+    sn_envelope_t **envs = sn_mesh_journal(&w->m, w->redis, &count);
     int n = 0;
-    if (sn_redis_cmd(w->redis, SN_REDIS_MAIN, 2000, &r, 4, argv, NULL) == SN_OK &&
-        r->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < r->elements; i++) {
-            const redisReply *fields = r->element[i]->element[1];
-            for (size_t f = 0; f + 1 < fields->elements; f += 2) {
-                if (strcmp(fields->element[f]->str, "env") != 0)
-                    continue;
-                sn_envelope_t *env =
-                    sn_envelope_unpack(fields->element[f + 1]->str, fields->element[f + 1]->len,
-                                       SN_MAX_FRAME_BYTES, NULL);
-                if (env && strcmp(env->type, "deploy.stuck") == 0 &&
-                    env->body_case == SENTINEL__V1__ENVELOPE__BODY_DEPLOY &&
-                    strcmp(env->deploy->deploy_id, deploy_id) == 0) {
-                    n++;
-                    if (phase_out)
-                        sn_strlcpy(phase_out, sn_envelope_label(env, "phase"), phase_len);
-                    assert_true(env->fence > 0);
-                }
-                sn_envelope_free(&env);
-            }
+    for (size_t i = 0; i < count; i++) {
+        sn_envelope_t *env = envs[i];
+        if (strcmp(env->type, "deploy.stuck") == 0 &&
+            env->body_case == SENTINEL__V1__ENVELOPE__BODY_DEPLOY &&
+            strcmp(env->deploy->deploy_id, deploy_id) == 0) {
+            n++;
+            if (phase_out)
+                sn_strlcpy(phase_out, sn_envelope_label(env, "phase"), phase_len);
+            assert_true(env->fence > 0);
         }
     }
-    if (r)
-        freeReplyObject(r);
-    free(key);
+    sn_mesh_envelopes_free(envs, count);
     return n;
 }
 

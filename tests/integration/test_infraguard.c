@@ -74,22 +74,6 @@ static void s_write(const char *path, const char *text)
     SN_ASSERT(fclose(f) == 0);
 }
 
-static void s_agent(const char *role, const char *instance)
-{
-    sn_mesh_t *m = &s_fix.mesh;
-    SN_ASSERT(m->agent_count < SN_MESH_MAX_AGENTS);
-    sn_mesh_agent_t *a = &m->agents[m->agent_count];
-    sn_strlcpy(a->role, role, sizeof a->role);
-    sn_strlcpy(a->instance, instance, sizeof a->instance);
-    a->log = sn_strdupf("%s/%s.log", m->dir, instance);
-    char *bin = sn_test_bin("sentinel-agent");
-    char *argv[] = {bin, (char *)role, "--config", m->config, "--instance", (char *)instance, NULL};
-    a->pid = sn_test_spawn(argv, a->log);
-    free(bin);
-    SN_ASSERT(a->pid > 0);
-    m->agent_count++;
-}
-
 static int s_setup(void **state)
 {
     (void)state;
@@ -158,8 +142,8 @@ static int s_setup(void **state)
     free(clean);
     free(leaky);
 
-    s_agent("infraguard", "ig1");
-    s_agent("infraguard", "ig2");
+    (void)sn_mesh_agent_bin(&s_fix.mesh, "sentinel-agent", "infraguard", "ig1");
+    (void)sn_mesh_agent_bin(&s_fix.mesh, "sentinel-agent", "infraguard", "ig2");
     SN_ASSERT(sn_mesh_wait_service(&s_fix.mesh, "gate.check", 2, 15000));
     return 0;
 }

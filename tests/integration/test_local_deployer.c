@@ -205,19 +205,10 @@ static void s_expect_serves(int port, const char *needle)
 
 static void s_spawn_deployer(void)
 {
-    /* Our own spawn: sn_mesh_agent runs the test agent; this is the product binary. */
     sn_mesh_t *m = &s_fix.mesh;
-    SN_ASSERT(m->agent_count < SN_MESH_MAX_AGENTS);
-    sn_mesh_agent_t *a = &m->agents[m->agent_count];
-    sn_strlcpy(a->role, "local-deployer", sizeof a->role);
-    snprintf(a->instance, sizeof a->instance, "local-deployer-%zu", m->agent_count + 1);
-    a->log = sn_strdupf("%s/%s.log", m->dir, a->instance);
-    char *bin = sn_test_bin("sentinel-agent");
-    char *argv[] = {bin, "local-deployer", "--config", m->config, "--instance", a->instance, NULL};
-    a->pid = sn_test_spawn(argv, a->log);
-    free(bin);
-    assert_true(a->pid > 0);
-    s_fix.deployer = m->agent_count++;
+    char instance[64];
+    snprintf(instance, sizeof instance, "local-deployer-%zu", m->agent_count + 1);
+    s_fix.deployer = sn_mesh_agent_bin(m, "sentinel-agent", "local-deployer", instance);
     assert_true(sn_mesh_wait_service(m, SERVICE, 1, 10000));
 }
 

@@ -128,18 +128,8 @@ static s_tally_t s_tally(s_fx_t *fx, const char *id)
 
 static pid_t s_spawn_notifier(s_fx_t *fx, const char *instance)
 {
-    sn_mesh_t *m = &fx->mesh;
-    SN_ASSERT(m->agent_count < SN_MESH_MAX_AGENTS);
-    sn_mesh_agent_t *a = &m->agents[m->agent_count++];
-    sn_strlcpy(a->role, "notifier", sizeof a->role);
-    sn_strlcpy(a->instance, instance, sizeof a->instance);
-    a->log = sn_strdupf("%s/%s.log", m->dir, instance);
-    char *bin = sn_test_bin("sentinel-agent");
-    char *argv[] = {bin, "notifier", "--config", m->config, "--instance", (char *)instance, NULL};
-    a->pid = sn_test_spawn(argv, a->log);
-    free(bin);
-    assert_true(a->pid > 0);
-    return a->pid;
+    size_t i = sn_mesh_agent_bin(&fx->mesh, "sentinel-agent", "notifier", instance);
+    return fx->mesh.agents[i].pid;
 }
 
 static long long s_group_int(s_fx_t *fx, const char *cmd_fmt)

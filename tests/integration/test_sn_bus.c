@@ -2,7 +2,6 @@
  * tcp://127.0.0.1:*, seq-based gap detection, malformed input, and the flush marker. */
 #include "sn_test.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,59 +10,7 @@
 #include "sentinel/sn_envelope.h"
 #include "sentinel/sn_log.h"
 
-/* A bare forwarder like the broker's event relay: XSUB subscribed to everything at bind,
- * XPUB for subscribers, zmq_proxy_steerable in a thread, stopped with TERMINATE. */
-typedef struct {
-    zsock_t *xsub;
-    zsock_t *xpub;
-    zsock_t *ctl_in;  /* the proxy's end */
-    zsock_t *ctl_out; /* ours */
-    pthread_t thread;
-    char pub_ep[64];
-    char sub_ep[64];
-} s_proxy_t;
-
-static void *s_proxy_run(void *arg)
-{
-    s_proxy_t *p = arg;
-    zmq_proxy_steerable(zsock_resolve(p->xsub), zsock_resolve(p->xpub), NULL,
-                        zsock_resolve(p->ctl_in));
-    return NULL;
-}
-
-static void s_proxy_start(s_proxy_t *p)
-{
-    static int n;
-    memset(p, 0, sizeof *p);
-    p->xsub = zsock_new(ZMQ_XSUB);
-    p->xpub = zsock_new(ZMQ_XPUB);
-    int pub_port = zsock_bind(p->xsub, "tcp://127.0.0.1:*");
-    int sub_port = zsock_bind(p->xpub, "tcp://127.0.0.1:*");
-    assert_true(pub_port > 0 && sub_port > 0);
-    snprintf(p->pub_ep, sizeof p->pub_ep, "tcp://127.0.0.1:%d", pub_port);
-    snprintf(p->sub_ep, sizeof p->sub_ep, "tcp://127.0.0.1:%d", sub_port);
-    uint8_t all = 1; /* subscribe upstream to everything, as the broker does */
-    assert_int_equal(zmq_send(zsock_resolve(p->xsub), &all, 1, 0), 1);
-    char ctl[64];
-    snprintf(ctl, sizeof ctl, "inproc://test-proxy-%d", n++);
-    p->ctl_in = zsock_new(ZMQ_PAIR);
-    p->ctl_out = zsock_new(ZMQ_PAIR);
-    assert_int_equal(zsock_bind(p->ctl_in, "%s", ctl), 0);
-    assert_int_equal(zsock_connect(p->ctl_out, "%s", ctl), 0);
-    assert_int_equal(pthread_create(&p->thread, NULL, s_proxy_run, p), 0);
-}
-
-static void s_proxy_stop(s_proxy_t *p)
-{
-    zstr_send(p->ctl_out, "TERMINATE");
-    pthread_join(p->thread, NULL);
-    zsock_destroy(&p->xsub);
-    zsock_destroy(&p->xpub);
-    zsock_destroy(&p->ctl_in);
-    zsock_destroy(&p->ctl_out);
-}
-
-static sn_bus_pub_t *s_pub(s_proxy_t *p)
+static sn_bus_pub_t *s_pub(sn_test_proxy_t *p)
 {
     sn_bus_opts_t o = {.endpoint = p->pub_ep};
     sn_bus_pub_t *pub = sn_bus_pub_new(&o);
@@ -71,7 +18,7 @@ static sn_bus_pub_t *s_pub(s_proxy_t *p)
     return pub;
 }
 
-static sn_bus_sub_t *s_sub(s_proxy_t *p, const char *prefix, bool is_partial)
+static sn_bus_sub_t *s_sub(sn_test_proxy_t *p, const char *prefix, bool is_partial)
 {
     sn_bus_opts_t o = {.endpoint = p->sub_ep, .is_partial = is_partial};
     sn_bus_sub_t *sub = sn_bus_sub_new(&o);
@@ -127,8 +74,8 @@ static sn_rc_t s_next(sn_bus_sub_t *sub, int timeout_ms, sn_bus_event_t *ev)
 
 static void test_sn_bus_roundtrip_in_order(void **state)
 {
-    s_proxy_t p;
-    s_proxy_start(&p);
+    sn_test_proxy_t p;
+    assert_true(sn_test_proxy_start(&p));
     sn_source_t src;
     sn_source_init(&src, "test", "a");
     sn_bus_pub_t *pub = s_pub(&p);
@@ -170,13 +117,13 @@ static void test_sn_bus_roundtrip_in_order(void **state)
     assert_null(pub);
     sn_bus_sub_destroy(&sub); /* NULL-safe */
     sn_bus_pub_destroy(NULL);
-    s_proxy_stop(&p);
+    sn_test_proxy_stop(&p);
 }
 
 static void test_sn_bus_prefix_subscription(void **state)
 {
-    s_proxy_t p;
-    s_proxy_start(&p);
+    sn_test_proxy_t p;
+    assert_true(sn_test_proxy_start(&p));
     sn_source_t src;
     sn_source_init(&src, "test", "b");
     sn_bus_pub_t *pub = s_pub(&p);
@@ -196,7 +143,7 @@ static void test_sn_bus_prefix_subscription(void **state)
     sn_bus_event_fini(&ev);
     sn_bus_sub_destroy(&sub);
     sn_bus_pub_destroy(&pub);
-    s_proxy_stop(&p);
+    sn_test_proxy_stop(&p);
 }
 
 typedef struct {
@@ -213,8 +160,8 @@ static void s_on_gap(void *arg, const sn_bus_event_t *ev)
 
 static void test_sn_bus_gap_detection(void **state)
 {
-    s_proxy_t p;
-    s_proxy_start(&p);
+    sn_test_proxy_t p;
+    assert_true(sn_test_proxy_start(&p));
     sn_source_t src;
     sn_source_init(&src, "test", "c");
     sn_bus_pub_t *pub = s_pub(&p);
@@ -279,13 +226,13 @@ static void test_sn_bus_gap_detection(void **state)
     assert_int_equal(seen.calls, 2);
     sn_bus_sub_destroy(&sub);
     sn_bus_pub_destroy(&pub);
-    s_proxy_stop(&p);
+    sn_test_proxy_stop(&p);
 }
 
 static void test_sn_bus_source_table_bounded(void **state)
 {
-    s_proxy_t p;
-    s_proxy_start(&p);
+    sn_test_proxy_t p;
+    assert_true(sn_test_proxy_start(&p));
     sn_bus_pub_t *pub = s_pub(&p);
     sn_bus_opts_t o = {.endpoint = p.sub_ep, .max_sources = 2};
     sn_bus_sub_t *sub = sn_bus_sub_new(&o);
@@ -323,13 +270,13 @@ static void test_sn_bus_source_table_bounded(void **state)
     sn_bus_event_fini(&ev);
     sn_bus_sub_destroy(&sub);
     sn_bus_pub_destroy(&pub);
-    s_proxy_stop(&p);
+    sn_test_proxy_stop(&p);
 }
 
 static void test_sn_bus_malformed_counted(void **state)
 {
-    s_proxy_t p;
-    s_proxy_start(&p);
+    sn_test_proxy_t p;
+    assert_true(sn_test_proxy_start(&p));
     sn_source_t src;
     sn_source_init(&src, "test", "d");
     sn_bus_pub_t *pub = s_pub(&p);
@@ -392,13 +339,13 @@ static void test_sn_bus_malformed_counted(void **state)
     zsock_destroy(&raw);
     sn_bus_sub_destroy(&sub);
     sn_bus_pub_destroy(&pub);
-    s_proxy_stop(&p);
+    sn_test_proxy_stop(&p);
 }
 
 static void test_sn_bus_publish_refuses_bad_input(void **state)
 {
-    s_proxy_t p;
-    s_proxy_start(&p);
+    sn_test_proxy_t p;
+    assert_true(sn_test_proxy_start(&p));
     sn_bus_pub_t *pub = s_pub(&p);
     uint8_t b[4] = {1, 2, 3, 4};
     assert_int_equal(sn_bus_pub_send(pub, "", b, sizeof b), SN_ERROR);
@@ -421,15 +368,15 @@ static void test_sn_bus_publish_refuses_bad_input(void **state)
     assert_null(sn_bus_sub_new(&o));
     sn_bus_opts_t c = {.endpoint = p.pub_ep, .curve_server_key = "short"};
     assert_null(sn_bus_pub_new(&c));
-    s_proxy_stop(&p);
+    sn_test_proxy_stop(&p);
 }
 
 /* A burst, then flush: the marker comes back only after everything before it, so a
  * second subscriber sees the whole burst in order before the marker. */
 static void test_sn_bus_flush_drains_tail(void **state)
 {
-    s_proxy_t p;
-    s_proxy_start(&p);
+    sn_test_proxy_t p;
+    assert_true(sn_test_proxy_start(&p));
     sn_source_t src;
     sn_source_init(&src, "test", "e");
     sn_bus_pub_t *pub = s_pub(&p);
@@ -459,7 +406,7 @@ static void test_sn_bus_flush_drains_tail(void **state)
     assert_int_equal(got, N);
     sn_bus_sub_destroy(&own);
     sn_bus_sub_destroy(&watcher);
-    s_proxy_stop(&p);
+    sn_test_proxy_stop(&p);
 }
 
 static void test_sn_bus_flush_times_out_without_broker(void **state)

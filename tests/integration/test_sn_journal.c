@@ -7,7 +7,6 @@
 #include "sn_test.h"
 
 #include <hiredis/hiredis.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,53 +22,6 @@
 
 /* ---- fixtures ---------------------------------------------------------------------- */
 
-typedef struct {
-    zsock_t *xsub, *xpub, *ctl_in, *ctl_out;
-    pthread_t thread;
-    char pub_ep[64];
-    char sub_ep[64];
-} s_proxy_t;
-
-static void *s_proxy_run(void *arg)
-{
-    s_proxy_t *p = arg;
-    zmq_proxy_steerable(zsock_resolve(p->xsub), zsock_resolve(p->xpub), NULL,
-                        zsock_resolve(p->ctl_in));
-    return NULL;
-}
-
-static void s_proxy_start(s_proxy_t *p)
-{
-    static int n;
-    memset(p, 0, sizeof *p);
-    p->xsub = zsock_new(ZMQ_XSUB);
-    p->xpub = zsock_new(ZMQ_XPUB);
-    int pub_port = zsock_bind(p->xsub, "tcp://127.0.0.1:*");
-    int sub_port = zsock_bind(p->xpub, "tcp://127.0.0.1:*");
-    assert_true(pub_port > 0 && sub_port > 0);
-    snprintf(p->pub_ep, sizeof p->pub_ep, "tcp://127.0.0.1:%d", pub_port);
-    snprintf(p->sub_ep, sizeof p->sub_ep, "tcp://127.0.0.1:%d", sub_port);
-    uint8_t all = 1;
-    assert_int_equal(zmq_send(zsock_resolve(p->xsub), &all, 1, 0), 1);
-    char ctl[64];
-    snprintf(ctl, sizeof ctl, "inproc://journal-proxy-%d", n++);
-    p->ctl_in = zsock_new(ZMQ_PAIR);
-    p->ctl_out = zsock_new(ZMQ_PAIR);
-    assert_int_equal(zsock_bind(p->ctl_in, "%s", ctl), 0);
-    assert_int_equal(zsock_connect(p->ctl_out, "%s", ctl), 0);
-    assert_int_equal(pthread_create(&p->thread, NULL, s_proxy_run, p), 0);
-}
-
-static void s_proxy_stop(s_proxy_t *p)
-{
-    zstr_send(p->ctl_out, "TERMINATE");
-    pthread_join(p->thread, NULL);
-    zsock_destroy(&p->xsub);
-    zsock_destroy(&p->xpub);
-    zsock_destroy(&p->ctl_in);
-    zsock_destroy(&p->ctl_out);
-}
-
 /* Everything one test needs: a redis-server, a namespace, the Redis threads, a bus
  * path with a subscriber that already receives, a source and the journal. */
 typedef struct {
@@ -78,7 +30,7 @@ typedef struct {
     sn_redis_opts_t ropts;
     sn_redis_t *r;
     redisContext *raw;
-    s_proxy_t proxy;
+    sn_test_proxy_t proxy;
     sn_bus_pub_t *pub;
     sn_bus_sub_t *sub;
     sn_source_t src;
@@ -96,7 +48,7 @@ static int s_setup(void **state)
     assert_non_null(fx->r);
     fx->raw = redisConnectUnix(fx->redis.unix_path);
     assert_true(fx->raw && !fx->raw->err);
-    s_proxy_start(&fx->proxy);
+    assert_true(sn_test_proxy_start(&fx->proxy));
     sn_bus_opts_t po = {.endpoint = fx->proxy.pub_ep};
     sn_bus_opts_t so = {.endpoint = fx->proxy.sub_ep};
     fx->pub = sn_bus_pub_new(&po);
@@ -116,7 +68,7 @@ static int s_teardown(void **state)
     sn_journal_destroy(&fx->j);
     sn_bus_sub_destroy(&fx->sub);
     sn_bus_pub_destroy(&fx->pub);
-    s_proxy_stop(&fx->proxy);
+    sn_test_proxy_stop(&fx->proxy);
     redisFree(fx->raw);
     sn_redis_destroy(&fx->r);
     sn_test_redis_destroy(&fx->redis);

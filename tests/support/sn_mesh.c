@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "sentinel/sn_journal.h"
 #include "sentinel/sn_log.h"
 
 static bool s_write_file(const char *path, const char *text)
@@ -255,4 +256,41 @@ bool sn_mesh_wait_log(sn_mesh_t *self, const char *instance, const char *needle,
     const char *path = a ? a->log : self->broker_log;
     s_log_wait_t w = {path, needle};
     return sn_test_wait_for(s_log_has, &w, timeout_ms);
+}
+
+sn_envelope_t **sn_mesh_journal(sn_mesh_t *self, sn_redis_t *redis, size_t *count)
+{
+    *count = 0;
+    char *key = sn_strdupf("%s%s", self->ns, SN_JOURNAL_STREAM);
+    const char *argv[] = {"XRANGE", key, "-", "+"};
+    redisReply *r = NULL;
+    sn_rc_t rc = sn_redis_cmd(redis, SN_REDIS_MAIN, 2000, &r, 4, argv, NULL);
+    free(key);
+    if (rc != SN_OK)
+        return NULL;
+    size_t cap = 16;
+    sn_envelope_t **envs = sn_calloc(cap, sizeof *envs);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        const redisReply *fields = r->element[i]->element[1];
+        for (size_t f = 0; f + 1 < fields->elements; f += 2) {
+            if (strcmp(fields->element[f]->str, "env") != 0)
+                continue;
+            sn_envelope_t *env = sn_envelope_unpack(
+                fields->element[f + 1]->str, fields->element[f + 1]->len, SN_MAX_FRAME_BYTES, NULL);
+            if (!env)
+                continue;
+            if (*count == cap)
+                envs = sn_realloc(envs, (cap *= 2) * sizeof *envs);
+            envs[(*count)++] = env;
+        }
+    }
+    freeReplyObject(r);
+    return envs;
+}
+
+void sn_mesh_envelopes_free(sn_envelope_t **envs, size_t count)
+{
+    for (size_t i = 0; envs && i < count; i++)
+        sn_envelope_free(&envs[i]);
+    free(envs);
 }

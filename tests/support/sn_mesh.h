@@ -7,6 +7,7 @@
 #include "sn_test.h"
 
 #include "sentinel/sn_envelope.h"
+#include "sentinel/sn_redis.h"
 #include "sentinel/sn_rpc.h"
 
 #define SN_MESH_MAX_AGENTS 16
@@ -66,6 +67,13 @@ sn_rc_t sn_mesh_call(sn_mesh_t *self, const char *service, sn_envelope_t *env, i
 /* redis-cli helpers on the mesh's namespace: HGET <ns>key field, GET <ns>key. */
 char *sn_mesh_hget(sn_mesh_t *self, const char *key, const char *field);
 char *sn_mesh_get(sn_mesh_t *self, const char *key);
+
+/* The envelopes of the mesh's journal stream (<ns>events, its "env" fields) in journal
+ * order, read with XRANGE through @redis (borrowed; keys not prefixed by it). An array of
+ * *count envelopes (free with sn_mesh_envelopes_free; those that do not parse are left
+ * out), or NULL with *count 0 if Redis did not answer. */
+sn_envelope_t **sn_mesh_journal(sn_mesh_t *self, sn_redis_t *redis, size_t *count);
+void sn_mesh_envelopes_free(sn_envelope_t **envs, size_t count);
 
 /* Waits until the log of @instance contains @needle. */
 bool sn_mesh_wait_log(sn_mesh_t *self, const char *instance, const char *needle, int timeout_ms);

@@ -2,6 +2,7 @@
 #include "sn_test.h"
 
 #include <arpa/inet.h>
+#include <czmq.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -249,4 +250,57 @@ int sn_test_count_in_file(const char *path, const char *needle)
         count++;
     free(text);
     return count;
+}
+
+static void *s_proxy_run(void *arg)
+{
+    sn_test_proxy_t *self = arg;
+    zmq_proxy_steerable(zsock_resolve(self->xsub), zsock_resolve(self->xpub), NULL,
+                        zsock_resolve(self->ctl_in));
+    return NULL;
+}
+
+bool sn_test_proxy_start(sn_test_proxy_t *self)
+{
+    static int n;
+    memset(self, 0, sizeof *self);
+    zsock_t *xsub = zsock_new(ZMQ_XSUB), *xpub = zsock_new(ZMQ_XPUB);
+    zsock_t *ctl_in = zsock_new(ZMQ_PAIR), *ctl_out = zsock_new(ZMQ_PAIR);
+    self->xsub = xsub;
+    self->xpub = xpub;
+    self->ctl_in = ctl_in;
+    self->ctl_out = ctl_out;
+    int pub_port = zsock_bind(xsub, "tcp://127.0.0.1:*");
+    int sub_port = zsock_bind(xpub, "tcp://127.0.0.1:*");
+    if (pub_port <= 0 || sub_port <= 0)
+        goto fail;
+    snprintf(self->pub_ep, sizeof self->pub_ep, "tcp://127.0.0.1:%d", pub_port);
+    snprintf(self->sub_ep, sizeof self->sub_ep, "tcp://127.0.0.1:%d", sub_port);
+    uint8_t all = 1; /* subscribe upstream to everything, as the broker does */
+    if (zmq_send(zsock_resolve(xsub), &all, 1, 0) != 1)
+        goto fail;
+    char ctl[64];
+    snprintf(ctl, sizeof ctl, "inproc://sn-test-proxy-%d-%d", (int)getpid(), n++);
+    if (zsock_bind(ctl_in, "%s", ctl) != 0 || zsock_connect(ctl_out, "%s", ctl) != 0)
+        goto fail;
+    if (pthread_create(&self->thread, NULL, s_proxy_run, self) != 0)
+        goto fail;
+    return true;
+fail:
+    zsock_destroy(&xsub);
+    zsock_destroy(&xpub);
+    zsock_destroy(&ctl_in);
+    zsock_destroy(&ctl_out);
+    memset(self, 0, sizeof *self);
+    return false;
+}
+
+void sn_test_proxy_stop(sn_test_proxy_t *self)
+{
+    zstr_send(self->ctl_out, "TERMINATE");
+    pthread_join(self->thread, NULL);
+    zsock_t *socks[] = {self->xsub, self->xpub, self->ctl_in, self->ctl_out};
+    for (size_t i = 0; i < SN_ARRAY_LEN(socks); i++)
+        zsock_destroy(&socks[i]);
+    memset(self, 0, sizeof *self);
 }

@@ -3,6 +3,7 @@
 #ifndef SN_TEST_H
 #define SN_TEST_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -41,6 +42,21 @@ bool sn_test_redis_restart(sn_test_redis_t *self);
 void sn_test_redis_destroy(sn_test_redis_t *self);
 /* Runs one command through redis-cli -s and returns its trimmed output (caller frees). */
 char *sn_test_redis_cli(sn_test_redis_t *self, const char *args);
+
+/* A bare event forwarder like the broker's relay: XSUB (bound, subscribed upstream to
+ * everything) for publishers at pub_ep, XPUB for subscribers at sub_ep, both on
+ * tcp://127.0.0.1:*, zmq_proxy_steerable on a thread of its own. */
+typedef struct {
+    void *xsub, *xpub, *ctl_in, *ctl_out; /* zsock_t *; ctl_in is the proxy's end */
+    pthread_t thread;
+    char pub_ep[64];
+    char sub_ep[64];
+} sn_test_proxy_t;
+
+/* Binds and starts it (running when this returns); false on failure. */
+bool sn_test_proxy_start(sn_test_proxy_t *self);
+/* Stops the thread (TERMINATE) and closes the sockets. */
+void sn_test_proxy_stop(sn_test_proxy_t *self);
 
 /* A child process: argv[0] is a path; stdout and stderr go to @log_path (appended) if
  * not NULL. Returns the pid or -1. */
