@@ -318,6 +318,7 @@ static void s_send(bp_t *st, sn_ctx_t *ctx, bp_run_t *br, bp_call_t *c, uint32_t
         v.expect_deploy_id = d->deploy_id;
         v.expect_commit = r->sha;
         v.consecutive = t ? (uint32_t)t->check.consecutive : 1;
+        v.fail_after = t ? (uint32_t)t->check.fail_after : 0;
         v.interval_ms = t ? (uint32_t)t->check.interval_ms : 500;
         v.deadline_ms = t ? (uint32_t)t->check.deadline_ms : 30000;
         v.dns_name = t && t->check.dns_name ? t->check.dns_name : "";

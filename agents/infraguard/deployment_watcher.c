@@ -202,14 +202,15 @@ static sn_rc_t s_verify_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq
             vr->deploy_id ? vr->deploy_id : "", safe_url, consecutive, (long long)interval,
             (long long)(v.deadline_at_ms - start), job_id ? " job=" : "", job_id ? job_id : "");
 
-    uint32_t attempts = 0, streak = 0;
-    bool ok = false, is_lost = false, is_stopped = false;
+    uint32_t attempts = 0, streak = 0, failures = 0;
+    bool ok = false, is_lost = false, is_stopped = false, is_fail_fast = false;
     int64_t last_renew = start;
     char fail[S_REASON_MAX] = "";
     while (v.http) {
         int64_t t0 = sn_mono_ms();
         attempts++;
         if (s_attempt(&v)) {
+            failures = 0;
             if (++streak >= consecutive) {
                 ok = true;
                 break;
@@ -221,6 +222,12 @@ static sn_rc_t s_verify_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq
                 sn_strlcpy(fail, v.reason, sizeof fail);
             sn_debug(S_ROLE, "verify attempt failed deploy=%s attempt=%u reason=\"%s\"",
                      vr->deploy_id ? vr->deploy_id : "", attempts, v.reason);
+            /* A release that keeps failing is not waited for: rolling it back early is
+             * what shortens the outage (fail_after 0 keeps waiting for the deadline). */
+            if (vr->fail_after && ++failures >= vr->fail_after) {
+                is_fail_fast = true;
+                break;
+            }
         }
         if (sn_mono_ms() >= v.deadline_at_ms)
             break;
@@ -247,6 +254,9 @@ static sn_rc_t s_verify_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq
         if (is_stopped || is_lost || sn_mono_ms() >= v.deadline_at_ms)
             break;
     }
+    if (is_fail_fast)
+        sn_info(S_ROLE, "verify failed fast deploy=%s failures=%u",
+                vr->deploy_id ? vr->deploy_id : "", failures);
     if (!v.http)
         snprintf(fail, sizeof fail, "no HTTP client");
     sn_http_destroy(&v.http);
@@ -270,6 +280,8 @@ static sn_rc_t s_verify_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq
     char reason[S_REASON_MAX + 64];
     if (ok)
         snprintf(reason, sizeof reason, "%u consecutive successes", streak);
+    else if (is_fail_fast)
+        snprintf(reason, sizeof reason, "%s; %u failed attempts in a row", fail, failures);
     else
         snprintf(reason, sizeof reason, "%s; deadline passed after %u attempts",
                  fail[0] ? fail : "no successful streak", attempts);

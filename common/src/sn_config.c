@@ -245,6 +245,7 @@ static const s_field_t s_check_rows[] = {
     S_ROW_STR(sn_check_config_t, body_contains, "body_contains", NULL, false),
     S_ROW_DUR(sn_check_config_t, max_latency_ms, "max_latency_ms", 1, 1, 600000, "2000"),
     S_ROW_INT(sn_check_config_t, consecutive, "consecutive", 1, 100, "3"),
+    S_ROW_INT(sn_check_config_t, fail_after, "fail_after", 0, 1000, "0"),
     S_ROW_DUR(sn_check_config_t, interval_ms, "interval_ms", 1, 10, 600000, "500"),
     S_ROW_DUR(sn_check_config_t, deadline_ms, "deadline_ms", 1, 100, S_DAY_MS, "30000"),
     S_ROW_STR(sn_check_config_t, dns_name, "dns_name", NULL, false),

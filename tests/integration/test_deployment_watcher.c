@@ -310,6 +310,31 @@ static void test_deployment_watcher_unreachable_fails_at_the_deadline(void **sta
     free(url);
 }
 
+/* fail_after: a release that keeps failing is answered at once, long before the deadline,
+ * and a success in between resets the count. */
+static void test_deployment_watcher_fail_after_answers_early(void **state)
+{
+    s_world_t *w = *state;
+    char *url = sn_strdupf("http://127.0.0.1:%d/", sn_test_free_port());
+    Sentinel__V1__VerifyRequest vr;
+    s_request_init(w, &vr, url);
+    vr.interval_ms = 100;
+    vr.deadline_ms = 10000;
+    vr.fail_after = 3;
+    sn_envelope_t *out = NULL;
+    sn_nak_reason_t nak;
+    int64_t t0 = sn_mono_ms();
+    assert_int_equal(s_verify(w, &vr, NULL, 15000, &out, &nak), SN_OK);
+    int64_t took = sn_mono_ms() - t0;
+    Sentinel__V1__VerifyResult *r = out->verify_result;
+    assert_false(r->ok);
+    assert_int_equal(r->attempts, 3);
+    assert_non_null(strstr(r->reason, "3 failed attempts in a row"));
+    assert_true(took < 3000); /* not the 10 s deadline */
+    sn_envelope_free(&out);
+    free(url);
+}
+
 static void test_deployment_watcher_dns_check(void **state)
 {
     s_world_t *w = *state;
@@ -536,6 +561,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deployment_watcher_passes_after_consecutive_successes),
+        cmocka_unit_test(test_deployment_watcher_fail_after_answers_early),
         cmocka_unit_test(test_deployment_watcher_old_release_identity_fails),
         cmocka_unit_test(test_deployment_watcher_streak_resets_after_failures),
         cmocka_unit_test(test_deployment_watcher_latency_over_max_fails),

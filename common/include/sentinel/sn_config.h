@@ -71,6 +71,8 @@ typedef struct {
     int consecutive;            /* successes in a row, default 3 */
     int interval_ms;            /* default 500 */
     int deadline_ms;            /* default 30000 */
+    int fail_after;             /* failed attempts in a row that fail it at once; 0 = only the
+                                   deadline (default) */
     char *dns_name;             /* optional DNS check through c-ares */
     char *dns_expect;           /* expected A/AAAA address */
     char **dns_resolvers;       /* "127.0.0.1:53"; NULL-terminated, empty = system */
