@@ -128,5 +128,6 @@ int ctl_cmd_freeze(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_unfreeze(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_notify(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_audit(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_gc(ctl_opts_t *opts, int argc, char **argv);
 
 #endif

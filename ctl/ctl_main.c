@@ -31,6 +31,7 @@ static const ctl_command_t s_commands[] = {
     {"history", ctl_cmd_history, "history PROJECT ENV: released versions per target"},
     {"notify", ctl_cmd_notify, "notify push --project P --ref REF --sha SHA (git hook)"},
     {"audit", ctl_cmd_audit, "audit verify | audit tail [-n N]: the audit chain"},
+    {"gc", ctl_cmd_gc, "apply the retentions (runs, jobs, journal, audit, artifacts) [--dry-run]"},
     {"config", ctl_cmd_config, "config check FILE: validate a config without starting"},
     {"keygen", ctl_cmd_keygen, "write a CURVE certificate pair into DIR"},
 };

@@ -10,6 +10,10 @@
  * each with SIGTERM and, after runtime.shutdown_grace_ms,
  * SIGKILL; a second signal skips the grace. Then it exits 0.
  *
+ * Once ready, and then every retention.gc_interval_s, it runs `sentinelctl gc` as a
+ * short-lived child of its own (never two at once), so the retentions apply without
+ * blocking this loop; the child is stopped first at shutdown.
+ *
  * Signals arrive on a signalfd; the loop is poll() on it with a timeout bounded by the
  * next scheduled restart, and children are reaped with waitpid(WNOHANG) after every
  * SIGCHLD, so no signal is missed and no zombie stays. Each child runs in its own
@@ -52,6 +56,7 @@
 #define CTL_UP_STABLE_MS 10000   /* up this long: the next crash starts the backoff over */
 #define CTL_UP_KILL_WAIT_MS 5000 /* after SIGKILL, how long to wait for the reaping */
 #define CTL_UP_IDLE_POLL_MS 1000
+#define CTL_UP_GC_FIRST_MAX_MS 60000 /* first gc after ready: min(this, the interval) */
 
 /* In stop order, last first: s_stop_all stops the kinds from the highest down. */
 typedef enum {
@@ -83,6 +88,7 @@ typedef struct {
     sigset_t old_mask;
     int lock_fd;
     int stop_signals; /* stop signals received so far */
+    ctl_child_t gc;   /* `sentinelctl gc`, spawned when gc.restart_at_ms is due */
 } ctl_sup_t;
 
 typedef enum { CTL_WAIT_READY, CTL_WAIT_FAILED, CTL_WAIT_STOP } ctl_wait_t;
@@ -107,6 +113,7 @@ static char *s_find_binary(const char *env, const char *name, bool is_in_bin_dir
 static sn_rc_t s_mkdirs(const char *path, mode_t mode);
 static void s_describe_status(int status, char *buf, size_t len);
 static char **s_argv(const char *first, ...);
+static void s_gc_due(ctl_sup_t *sup);
 
 int ctl_cmd_up(ctl_opts_t *opts, int argc, char **argv)
 {
@@ -156,6 +163,7 @@ static void s_help(void)
            "sentinel-broker, then nginx when there are local_static targets (config in\n"
            "<state_dir>/nginx/nginx.conf), then every `processes:` entry as sentinel-agent\n"
            "ROLE --instance ROLE-<i>. Dead children are restarted with backoff.\n"
+           "`sentinelctl gc` runs once ready and every retention.gc_interval_s.\n"
            "SIGINT/SIGTERM stop all in reverse order (grace: runtime.shutdown_grace_ms) and\n"
            "exit 0.\n\n"
            "environment: SENTINEL_BIN_DIR (where sentinel-broker and sentinel-agent are;\n"
@@ -218,6 +226,10 @@ static int s_run(ctl_sup_t *sup)
                 sup->cfg.broker.rpc, sup->cfg.broker.pub, sup->cfg.broker.sub, agents,
                 sup->config_path);
         ctl_up_banner(&sup->cfg, sup->config_path);
+        int64_t gc_ms = sup->cfg.retention.gc_interval_s * 1000;
+        if (gc_ms > 0)
+            sup->gc.restart_at_ms =
+                sn_mono_ms() + (gc_ms < CTL_UP_GC_FIRST_MAX_MS ? gc_ms : CTL_UP_GC_FIRST_MAX_MS);
         while (sup->stop_signals == 0) {
             struct pollfd pfd = {.fd = sup->sfd, .events = POLLIN};
             int n = poll(&pfd, 1, s_next_timeout(sup));
@@ -227,11 +239,21 @@ static int s_run(ctl_sup_t *sup)
                 break;
             }
             s_handle_signals(sup);
-            if (sup->stop_signals == 0)
+            if (sup->stop_signals == 0) {
                 s_restart_due(sup);
+                s_gc_due(sup);
+            }
         }
     }
+    if (sup->gc.pid > 0 && kill(-sup->gc.pid, SIGTERM) != 0)
+        kill(sup->gc.pid, SIGTERM);
+    sup->gc.restart_at_ms = 0;
     s_stop_all(sup);
+    if (sup->gc.pid > 0) { /* still running after the agents' grace: it goes now */
+        kill(-sup->gc.pid, SIGKILL);
+        waitpid(sup->gc.pid, NULL, 0);
+        sup->gc.pid = 0;
+    }
     if (rc == CTL_EXIT_OK)
         sn_info(LOG_MODULE, "stopped");
     return rc;
@@ -464,10 +486,17 @@ static void s_reap(ctl_sup_t *sup)
         for (size_t i = 0; i < sup->child_count; i++)
             if (sup->children[i].pid == pid)
                 child = &sup->children[i];
-        if (!child)
-            continue;
         char how[64];
         s_describe_status(status, how, sizeof how);
+        if (!child && pid == sup->gc.pid) {
+            sup->gc.pid = 0;
+            if (sup->stop_signals > 0 || (WIFEXITED(status) && WEXITSTATUS(status) == 0))
+                sn_info(LOG_MODULE, "gc pid=%d %s", (int)pid, how);
+            else
+                sn_warn(LOG_MODULE, "gc pid=%d %s (see its lines above)", (int)pid, how);
+        }
+        if (!child)
+            continue;
         int64_t now = sn_mono_ms();
         int64_t uptime = now - child->started_ms;
         child->pid = 0;
@@ -504,12 +533,41 @@ static int s_next_timeout(const ctl_sup_t *sup)
 {
     int64_t now = sn_mono_ms();
     int64_t next = now + CTL_UP_IDLE_POLL_MS;
+    if (sup->gc.pid == 0 && sup->gc.restart_at_ms != 0 && sup->gc.restart_at_ms < next)
+        next = sup->gc.restart_at_ms;
     for (size_t i = 0; i < sup->child_count; i++) {
         const ctl_child_t *child = &sup->children[i];
         if (child->pid == 0 && child->restart_at_ms != 0 && child->restart_at_ms < next)
             next = child->restart_at_ms;
     }
     return next <= now ? 0 : (int)(next - now);
+}
+
+/* Spawns `sentinelctl gc -c CONFIG` when due and none runs, and schedules the next one
+ * (retention.gc_interval_s later). A gc still running at its next time is left alone. */
+static void s_gc_due(ctl_sup_t *sup)
+{
+    int64_t now = sn_mono_ms();
+    if (sup->gc.restart_at_ms == 0 || now < sup->gc.restart_at_ms)
+        return;
+    if (sup->gc.pid != 0) {
+        sup->gc.restart_at_ms = now + sup->cfg.retention.gc_interval_s * 1000;
+        return;
+    }
+    if (!sup->gc.argv) {
+        char exe[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n <= 0) {
+            sn_warn(LOG_MODULE, "gc not run: cannot find this executable: %s", strerror(errno));
+            return;
+        }
+        exe[n] = '\0';
+        sup->gc.name = sn_strdup("gc");
+        sup->gc.argv = s_argv(exe, "gc", "-c", sup->config_path, NULL);
+    }
+    if (s_spawn(sup, &sup->gc) != SN_OK)
+        sup->gc.pid = 0; /* the child (exit 127) is reaped as an unknown pid */
+    sup->gc.restart_at_ms = now + sup->cfg.retention.gc_interval_s * 1000;
 }
 
 /* Waits until @ready says yes, @child dies (failure), a stop signal arrives, or the
@@ -614,6 +672,10 @@ static void s_free(ctl_sup_t *sup)
         free(sup->children[i].argv);
     }
     free(sup->children);
+    free(sup->gc.name);
+    for (char **a = sup->gc.argv; a && *a; a++)
+        free(*a);
+    free(sup->gc.argv);
     free(sup->redis_sock);
     free(sup->host);
     free(sup->config_path);

@@ -17,6 +17,12 @@
  * before any side effect, its lease renewed while a command runs, and it is completed
  * with the packed DeployResult (a retry of a finished job gets that stored result).
  *
+ * An artifact missing from this host's store (it was built on another host) is fetched
+ * from the gateway named by `artifact_source` (GET <url>/api/v1/artifacts/<sha256>,
+ * streamed to a temp file in the store, its sha256 checked before it is renamed into
+ * place: a tampered or truncated download is refused, retried once, then the stage fails
+ * naming the hash mismatch). The token is sent, never logged.
+ *
  * local_command targets run the user's stage / promote / health / rollback commands with
  * /bin/sh -c in their own process group (a timeout kills the group), with only
  * SENTINEL_* variables and PATH in their environment; the artifact is still extracted
@@ -40,6 +46,8 @@
 
 #include "sentinel/sn_agent.h"
 #include "sentinel/sn_artifact.h"
+#include "sentinel/sn_http.h"
+#include "sentinel/sn_crypto.h"
 #include "sentinel/sn_id.h"
 #include "sentinel/sn_json.h"
 #include "sentinel/sn_ledger.h"
@@ -54,6 +62,8 @@
 #define DEFAULT_COMMAND_TIMEOUT_MS 120000
 #define COMMAND_KILL_GRACE_MS 2000
 #define REDIS_TIMEOUT_MS 2000
+#define FETCH_ATTEMPTS 2
+#define FETCH_ERROR_BODY_BYTES 4096
 
 /* LPUSH unless an identical entry is already in the list; LTRIM to ARGV[2]. */
 static const char *const s_push_lua =
@@ -118,6 +128,7 @@ static void s_prune(s_op_t *op);
 static sn_rc_t s_run_command(s_op_t *op, const char *what, const char *command,
                              const char *release_id, const char *release_dir);
 static void s_renew(s_op_t *op);
+static sn_rc_t s_fetch(s_op_t *op, const char *sha);
 static char *s_list_key(s_op_t *op);
 static sn_rc_t s_list_read(s_op_t *op, Sentinel__V1__ReleaseIdentity ***items, size_t *count);
 static void s_list_free(Sentinel__V1__ReleaseIdentity **items, size_t count);
@@ -430,10 +441,8 @@ static void s_stage(s_op_t *op)
             s_fail(op, false, "invalid artifact sha256");
             goto out;
         }
-        if (!sn_artifact_exists(op->st->store, sha)) {
-            s_fail(op, false, "artifact %s is not in the store", sha);
-            goto out;
-        }
+        if (!sn_artifact_exists(op->st->store, sha) && s_fetch(op, sha) != SN_OK)
+            goto out; /* the reason is set */
         char rnd[17];
         sn_random_hex(rnd, 8);
         tmp = sn_strdupf("%s/releases/.stage-%s-%s", op->site_dir, d->deploy_id, rnd);
@@ -1049,4 +1058,134 @@ out:
     for (size_t i = 0; envp[i]; i++)
         free(envp[i]);
     return rc;
+}
+
+/* ---- fetching an artifact from another host's gateway --------------------------------------- */
+
+/* Keeps the job's lease while a long download runs; stops it on shutdown or a lost lease. */
+static bool s_fetch_progress(void *arg, uint64_t received)
+{
+    (void)received;
+    s_op_t *op = arg;
+    s_renew(op);
+    return !op->is_lease_lost && !sn_ctx_is_stopping(op->ctx);
+}
+
+/* One attempt: downloads into a temp file in the store and imports it. SN_OK: stored;
+ * SN_ERROR: a refusal no retry cures (4xx, over max_bytes), *why set; SN_AGAIN: a
+ * transient failure or a hash mismatch, *why set (a retry may cure a truncation). */
+static sn_rc_t s_fetch_once(s_op_t *op, sn_http_t *http, const char *url, const char *sha,
+                            char *why, size_t why_len)
+{
+    const sn_artifact_source_config_t *src = &op->st->cfg->artifact_source;
+    char rnd[17];
+    sn_random_hex(rnd, 8);
+    char *tmp = sn_strdupf("%s/.tmp-fetch-%s.tar", sn_artifact_dir(op->st->store), rnd);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(why, why_len, "cannot create a temp file in the artifact store: %s",
+                 strerror(errno));
+        free(tmp);
+        return SN_AGAIN;
+    }
+    char *auth =
+        src->token && *src->token ? sn_strdupf("Authorization: Bearer %s", src->token) : NULL;
+    const char *headers[] = {"Accept: application/x-tar", auth, NULL};
+    sn_http_request_t req = {
+        .url = url,
+        .headers = headers,
+        .timeout_ms = src->timeout_ms > 0 ? src->timeout_ms : 600000,
+        .connect_timeout_ms = src->connect_timeout_ms > 0 ? src->connect_timeout_ms : 10000,
+        .max_body_bytes = FETCH_ERROR_BODY_BYTES,
+    };
+    uint64_t max_bytes = src->max_bytes > 0 ? (uint64_t)src->max_bytes : UINT64_C(1) << 33;
+    sn_http_response_t resp;
+    uint64_t written = 0;
+    sn_rc_t rc = sn_http_download(http, &req, fd, max_bytes, s_fetch_progress, op, &written, &resp);
+    if (auth) {
+        sn_crypto_cleanse(auth, strlen(auth));
+        free(auth);
+    }
+    bool is_answer = resp.status != 0 && (resp.status < 200 || resp.status >= 300);
+    if (close(fd) != 0 && rc == SN_OK) {
+        snprintf(why, why_len, "cannot write the download: %s", strerror(errno));
+        rc = SN_AGAIN;
+    } else if (is_answer || (rc == SN_OK && resp.status != 200)) {
+        /* Judged by the status (its body may have passed the small error cap). 4xx: the
+         * source will say the same again; 5xx and others may pass. */
+        rc = resp.status >= 400 && resp.status < 500 ? SN_ERROR : SN_AGAIN;
+        snprintf(why, why_len, "the artifact source answered %ld%s", resp.status,
+                 resp.status == 404                         ? " (no such artifact there)"
+                 : resp.status == 401 || resp.status == 403 ? " (the token was refused)"
+                                                            : "");
+    } else if (rc != SN_OK) {
+        snprintf(why, why_len, "download failed: %s",
+                 resp.is_too_large ? "larger than artifact_source.max_bytes"
+                 : resp.error[0]   ? resp.error
+                                   : "error");
+    } else {
+        char got[SN_ARTIFACT_SHA_LEN + 1] = "";
+        rc = sn_artifact_import_file(op->st->store, tmp, sha, got);
+        if (rc == SN_ERROR) {
+            snprintf(why, why_len,
+                     "hash mismatch: the download (%llu bytes) hashes to sha256=%s, not %s "
+                     "(tampered or truncated; refused)",
+                     (unsigned long long)written, got[0] ? got : "?", sha);
+            rc = SN_AGAIN; /* a truncation may not happen twice */
+        } else if (rc != SN_OK) {
+            snprintf(why, why_len, "cannot store the download");
+        }
+    }
+    sn_http_response_fini(&resp);
+    if (rc != SN_OK)
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
+/* Fetches artifact @sha from artifact_source into the store. SN_OK: it is there now;
+ * otherwise the result is marked failed with the reason. */
+static sn_rc_t s_fetch(s_op_t *op, const char *sha)
+{
+    const sn_artifact_source_config_t *src = &op->st->cfg->artifact_source;
+    if (!src->url) {
+        s_fail(op, false, "artifact %s is not in the store (no artifact_source to fetch it from)",
+               sha);
+        return SN_ERROR;
+    }
+    sn_http_t *http = sn_http_new();
+    if (!http) {
+        s_fail(op, true, "artifact %s is not in the store and no HTTP client could be made", sha);
+        return SN_AGAIN;
+    }
+    size_t n = strlen(src->url);
+    while (n > 0 && src->url[n - 1] == '/')
+        n--;
+    char *url = sn_strdupf("%.*s/api/v1/artifacts/%s", (int)n, src->url, sha);
+    char *shown = sn_http_redact_url(url);
+    char why[512] = "";
+    sn_rc_t rc = SN_AGAIN;
+    bool was_mismatch = false;
+    int64_t t0 = sn_mono_ms();
+    for (int attempt = 1; attempt <= FETCH_ATTEMPTS && rc == SN_AGAIN; attempt++) {
+        rc = s_fetch_once(op, http, url, sha, why, sizeof why);
+        was_mismatch = rc == SN_AGAIN && strncmp(why, "hash mismatch", 13) == 0;
+        if (rc != SN_OK)
+            sn_warn(LOG_MODULE, "fetch sha256=%s from=%s attempt=%d/%d failed: %s", sha, shown,
+                    attempt, FETCH_ATTEMPTS, why);
+        if (op->is_lease_lost || sn_ctx_is_stopping(op->ctx))
+            break;
+    }
+    if (rc == SN_OK) {
+        sn_info(LOG_MODULE, "fetched artifact sha256=%s from=%s ms=%lld", sha, shown,
+                (long long)(sn_mono_ms() - t0));
+    } else {
+        /* A hash mismatch twice is a refusal (the source serves other bytes), not a blip. */
+        s_fail(op, rc == SN_AGAIN && !was_mismatch, "artifact %s not fetched from %s: %s", sha,
+               shown, why);
+    }
+    free(shown);
+    free(url);
+    sn_http_destroy(&http);
+    return rc == SN_OK ? SN_OK : SN_ERROR;
 }

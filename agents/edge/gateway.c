@@ -2,7 +2,9 @@
  * suspend/resume). This file owns the role table, the daemon, routing, authentication
  * (Bearer tokens compared by SHA-256 in constant time; roles viewer < operator < admin),
  * the connection caps (SSE streams apart from the rest), body limits and the error
- * format {"error": {"code", "message"}}. The routes live in gateway_api.c.
+ * format {"error": {"code", "message"}}. The routes live in gateway_api.c and
+ * gateway_artifact.c. A token with role agent (a deployer on another host) may only
+ * download artifacts: every other route answers it 403.
  *
  * Without any configured token the gateway is read-only for loopback clients: GETs from
  * 127.0.0.0/8 and ::1 are served, every write is refused (403) and remote clients get
@@ -26,24 +28,29 @@
 #define S_DISCARD_FACTOR 4 /* a chunked body this many times the limit closes the connection */
 
 static const gateway_route_t s_routes[] = {
-    {"GET", "/healthz", GATEWAY_ROLE_NONE, false, false, gateway_api_healthz},
-    {"GET", "/readyz", GATEWAY_ROLE_NONE, false, false, gateway_api_readyz},
-    {"GET", "/metrics", GATEWAY_ROLE_VIEWER, false, false, gateway_api_metrics},
-    {"GET", "/api/v1/runs", GATEWAY_ROLE_VIEWER, false, false, gateway_api_runs},
-    {"GET", "/api/v1/runs/*", GATEWAY_ROLE_VIEWER, false, false, gateway_api_run_show},
-    {"GET", "/api/v1/runs/*/logs", GATEWAY_ROLE_VIEWER, false, false, gateway_api_run_logs},
-    {"GET", "/api/v1/environments", GATEWAY_ROLE_VIEWER, false, false, gateway_api_environments},
-    {"GET", "/api/v1/agents", GATEWAY_ROLE_VIEWER, false, false, gateway_api_agents},
-    {"GET", "/api/v1/events", GATEWAY_ROLE_VIEWER, false, true, gateway_api_events},
-    {"POST", "/api/v1/deploys", GATEWAY_ROLE_OPERATOR, true, false, gateway_api_deploy},
-    {"POST", "/api/v1/runs/*/approve", GATEWAY_ROLE_OPERATOR, true, false, gateway_api_approve},
-    {"POST", "/api/v1/runs/*/cancel", GATEWAY_ROLE_OPERATOR, true, false, gateway_api_cancel},
+    {"GET", "/healthz", GATEWAY_ROLE_NONE, false, false, gateway_api_healthz, false},
+    {"GET", "/readyz", GATEWAY_ROLE_NONE, false, false, gateway_api_readyz, false},
+    {"GET", "/metrics", GATEWAY_ROLE_VIEWER, false, false, gateway_api_metrics, false},
+    {"GET", "/api/v1/runs", GATEWAY_ROLE_VIEWER, false, false, gateway_api_runs, false},
+    {"GET", "/api/v1/runs/*", GATEWAY_ROLE_VIEWER, false, false, gateway_api_run_show, false},
+    {"GET", "/api/v1/runs/*/logs", GATEWAY_ROLE_VIEWER, false, false, gateway_api_run_logs, false},
+    {"GET", "/api/v1/environments", GATEWAY_ROLE_VIEWER, false, false, gateway_api_environments,
+     false},
+    {"GET", "/api/v1/agents", GATEWAY_ROLE_VIEWER, false, false, gateway_api_agents, false},
+    {"GET", "/api/v1/events", GATEWAY_ROLE_VIEWER, false, true, gateway_api_events, false},
+    {"POST", "/api/v1/deploys", GATEWAY_ROLE_OPERATOR, true, false, gateway_api_deploy, false},
+    {"POST", "/api/v1/runs/*/approve", GATEWAY_ROLE_OPERATOR, true, false, gateway_api_approve,
+     false},
+    {"POST", "/api/v1/runs/*/cancel", GATEWAY_ROLE_OPERATOR, true, false, gateway_api_cancel,
+     false},
     {"POST", "/api/v1/environments/*/*/rollback", GATEWAY_ROLE_OPERATOR, true, false,
-     gateway_api_rollback},
+     gateway_api_rollback, false},
     {"POST", "/api/v1/environments/*/*/freeze", GATEWAY_ROLE_OPERATOR, true, false,
-     gateway_api_freeze},
+     gateway_api_freeze, false},
     {"DELETE", "/api/v1/environments/*/*/freeze", GATEWAY_ROLE_OPERATOR, true, false,
-     gateway_api_unfreeze},
+     gateway_api_unfreeze, false},
+    {"GET", "/api/v1/artifacts/*", GATEWAY_ROLE_VIEWER, false, false, gateway_api_artifact, true},
+    {"HEAD", "/api/v1/artifacts/*", GATEWAY_ROLE_VIEWER, false, false, gateway_api_artifact, true},
 };
 
 static sn_rc_t s_init(sn_ctx_t *ctx, void **state);
@@ -123,6 +130,8 @@ static gateway_role_t s_role_parse(const char *role)
         return GATEWAY_ROLE_OPERATOR;
     if (strcmp(role, "admin") == 0)
         return GATEWAY_ROLE_ADMIN;
+    if (strcmp(role, "agent") == 0)
+        return GATEWAY_ROLE_AGENT;
     return GATEWAY_ROLE_NONE;
 }
 
@@ -138,7 +147,7 @@ static sn_rc_t s_load_tokens(gateway_t *gw)
             sn_hex_decode(t->sha256, strlen(t->sha256), tok->digest, SN_SHA256_LEN) != SN_OK) {
             sn_error("gateway",
                      "gateway.tokens[%zu]: needs a name, a sha256 hex digest and a "
-                     "role viewer|operator|admin",
+                     "role viewer|operator|admin|agent",
                      i);
             return SN_ERROR;
         }
@@ -203,6 +212,9 @@ static sn_rc_t s_init(sn_ctx_t *ctx, void **state)
     gw->sse = gateway_sse_new(gw);
     if (!gw->sse)
         return SN_ERROR;
+    gw->artifacts = gateway_artifacts_new(gw);
+    if (!gw->artifacts)
+        return SN_ERROR;
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -238,6 +250,7 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
     if (gw->daemon)
         MHD_stop_daemon(gw->daemon);
     gateway_sse_destroy(&gw->sse);
+    gateway_artifacts_destroy(&gw->artifacts);
     free(gw->tokens);
     free(gw->api_base);
     free(gw);
@@ -306,8 +319,9 @@ static bool s_is_loopback(struct MHD_Connection *conn)
 /* Authenticates the request for @need. Returns 0 when allowed, else the HTTP status
  * (401 or 403) with a static message in *why. */
 static unsigned s_authorize(gateway_t *gw, struct MHD_Connection *conn, gateway_req_t *req,
-                            gateway_role_t need, const char **why)
+                            const gateway_route_t *route, const char **why)
 {
+    gateway_role_t need = route->role;
     if (need == GATEWAY_ROLE_NONE)
         return 0;
     const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
@@ -348,6 +362,12 @@ static unsigned s_authorize(gateway_t *gw, struct MHD_Connection *conn, gateway_
     }
     req->principal = found->name;
     req->role = found->role;
+    if (found->role == GATEWAY_ROLE_AGENT) {
+        if (route->is_agent_ok)
+            return 0;
+        *why = "an agent token may only fetch artifacts";
+        return MHD_HTTP_FORBIDDEN;
+    }
     if (found->role < need) {
         *why = need == GATEWAY_ROLE_ADMIN ? "this needs the admin role"
                                           : "this needs the operator role";
@@ -417,7 +437,7 @@ static enum MHD_Result s_start(gateway_t *gw, struct MHD_Connection *conn, gatew
                                    "too many connections");
     }
     const char *why = NULL;
-    unsigned status = s_authorize(gw, conn, req, route->role, &why);
+    unsigned status = s_authorize(gw, conn, req, route, &why);
     if (status) {
         sn_metrics_add(gw->metrics,
                        status == MHD_HTTP_UNAUTHORIZED ? "http_unauthorized" : "http_forbidden", 1);

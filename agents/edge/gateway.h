@@ -1,7 +1,8 @@
 /* The gateway role's internals, shared by its files: gateway.c (the role, the HTTP
  * daemon, routing, authentication, errors), gateway_api.c (the JSON routes),
  * gateway_sse.c (the journal feeder and the SSE clients), gateway_metrics.c (/metrics and
- * the agent registry), gateway_rpc.c (the service-call thread).
+ * the agent registry), gateway_rpc.c (the service-call thread), gateway_artifact.c
+ * (artifact downloads for the deployers of other hosts).
  *
  * Threads: libmicrohttpd runs an epoll thread pool; handlers there read Redis with short
  * timeouts (sn_redis_cmd is thread-safe) and never wait for a service: a service call is
@@ -31,12 +32,16 @@ typedef struct gateway gateway_t;
 typedef struct gateway_rpc gateway_rpc_t;
 typedef struct gateway_sse gateway_sse_t;
 typedef struct gateway_call gateway_call_t;
+typedef struct gateway_artifacts gateway_artifacts_t;
 
 typedef enum {
     GATEWAY_ROLE_NONE = 0, /* no authentication (healthz, readyz) */
     GATEWAY_ROLE_VIEWER = 1,
     GATEWAY_ROLE_OPERATOR = 2,
     GATEWAY_ROLE_ADMIN = 3,
+    /* Outside the hierarchy: the deployers of other hosts. Only routes with is_agent_ok
+     * (the artifact downloads) accept it; every other route answers 403. */
+    GATEWAY_ROLE_AGENT = 4,
 } gateway_role_t;
 
 typedef struct {
@@ -59,6 +64,7 @@ typedef struct {
     bool has_body;       /* takes an optional JSON body */
     bool is_sse;
     gateway_handler_fn *handler;
+    bool is_agent_ok; /* a token with role agent may use it too */
 } gateway_route_t;
 
 /* Per-request state (MHD's con_cls), freed when MHD reports the request completed. */
@@ -91,6 +97,7 @@ struct gateway {
     int sse_count; /* SSE streams (atomic) */
     gateway_sse_t *sse;
     gateway_rpc_t *rpc;
+    gateway_artifacts_t *artifacts;
 };
 
 /* ---- gateway.c: responses --------------------------------------------------------------- */
@@ -159,6 +166,18 @@ void gateway_rpc_destroy(gateway_rpc_t **self_p);
  * done ran). @done runs on the rpc thread exactly once. Any thread. */
 void gateway_rpc_submit(gateway_rpc_t *self, gateway_call_t *call);
 void gateway_call_free(gateway_call_t **call_p);
+
+/* ---- gateway_artifact.c: artifact downloads ------------------------------------------------ */
+
+/* The artifact store of cfg->artifact_dir (created if missing), a verdict cache and a
+ * journal writer for alerts. NULL (logged) if the directory cannot be used. Init only. */
+gateway_artifacts_t *gateway_artifacts_new(gateway_t *gw);
+/* Frees; NULL-safe; sets *self_p = NULL. After the daemon stopped. */
+void gateway_artifacts_destroy(gateway_artifacts_t **self_p);
+/* GET and HEAD /api/v1/artifacts/{sha256}: 400 on a malformed sha, 404 if absent, 500 if
+ * the file does not hash to its name (never served; logged and alerted), else 200 with
+ * the file streamed from disk (or 304 for a matching If-None-Match). MHD threads. */
+gateway_handler_fn gateway_api_artifact;
 
 /* ---- gateway_sse.c: the event stream -------------------------------------------------------- */
 

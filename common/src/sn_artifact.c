@@ -49,6 +49,8 @@ typedef struct {
 
 static sn_rc_t s_mkdirs(const char *path, mode_t mode);
 static sn_rc_t s_hash_file(const char *path, char out[SN_ARTIFACT_SHA_LEN + 1], uint64_t *bytes);
+static sn_rc_t s_hash_fd(int fd, const char *name, char out[SN_ARTIFACT_SHA_LEN + 1],
+                         uint64_t *bytes);
 static void s_hex(const uint8_t *digest, unsigned len, char *out);
 static void s_write(s_writer_t *w, const void *data, size_t len);
 static void s_flush(s_writer_t *w);
@@ -210,6 +212,78 @@ sn_rc_t sn_artifact_verify(sn_artifact_t *self, const char *sha)
         rc = SN_ERROR;
     }
     free(path);
+    return rc;
+}
+
+sn_rc_t sn_artifact_hash_fd(int fd, char sha_out[SN_ARTIFACT_SHA_LEN + 1], uint64_t *bytes)
+{
+    sha_out[0] = '\0';
+    return s_hash_fd(fd, "artifact", sha_out, bytes);
+}
+
+sn_rc_t sn_artifact_import_file(sn_artifact_t *self, const char *path, const char *expected_sha,
+                                char got_sha[SN_ARTIFACT_SHA_LEN + 1])
+{
+    char got[SN_ARTIFACT_SHA_LEN + 1] = "";
+    if (got_sha)
+        got_sha[0] = '\0';
+    if (!sn_artifact_sha_is_valid(expected_sha)) {
+        sn_error(LOG_MODULE, "import of %s refused: invalid expected sha256", path);
+        return SN_ERROR;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        int err = errno;
+        sn_error(LOG_MODULE, "cannot open %s: %s", path,
+                 err == ELOOP ? "a symlink, not a regular file" : strerror(err));
+        return err == ELOOP ? SN_ERROR : SN_AGAIN;
+    }
+    struct stat st;
+    uint64_t bytes = 0;
+    sn_rc_t rc = SN_AGAIN;
+    char *final = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        sn_error(LOG_MODULE, "cannot import %s: not a regular file", path);
+        rc = SN_ERROR;
+        goto out;
+    }
+    rc = s_hash_fd(fd, path, got, &bytes);
+    if (rc != SN_OK)
+        goto out;
+    if (got_sha)
+        memcpy(got_sha, got, sizeof got);
+    if (strcmp(got, expected_sha) != 0) {
+        sn_error(LOG_MODULE, "import refused: %s (%llu bytes) hashes to sha256=%s, expected %s",
+                 path, (unsigned long long)bytes, got, expected_sha);
+        rc = SN_ERROR;
+        goto out;
+    }
+    if (fsync(fd) != 0) {
+        sn_error(LOG_MODULE, "fsync %s: %s", path, strerror(errno));
+        rc = SN_AGAIN;
+        goto out;
+    }
+    /* The hashed bytes are what lands in the store: the caller's temp file is its own
+     * (created O_EXCL), so nothing writes it between the hash and the rename. */
+    final = sn_artifact_path(self, got);
+    if (access(final, F_OK) == 0) {
+        unlink(path); /* same content already stored */
+    } else if (rename(path, final) != 0) {
+        sn_error(LOG_MODULE, "rename %s -> %s: %s", path, final, strerror(errno));
+        rc = SN_AGAIN;
+        goto out;
+    }
+    int dfd = open(self->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        if (fsync(dfd) != 0)
+            sn_warn(LOG_MODULE, "fsync %s: %s", self->dir, strerror(errno));
+        close(dfd);
+    }
+    sn_info(LOG_MODULE, "imported artifact sha256=%s bytes=%llu", got, (unsigned long long)bytes);
+    rc = SN_OK;
+out:
+    close(fd);
+    free(final);
     return rc;
 }
 
@@ -378,6 +452,15 @@ static sn_rc_t s_hash_file(const char *path, char out[SN_ARTIFACT_SHA_LEN + 1], 
         sn_error(LOG_MODULE, "cannot open %s: %s", path, strerror(errno));
         return SN_AGAIN;
     }
+    sn_rc_t rc = s_hash_fd(fd, path, out, bytes);
+    close(fd);
+    return rc;
+}
+
+/* Hashes @fd from offset 0 to its end with pread (the fd's offset is left alone). */
+static sn_rc_t s_hash_fd(int fd, const char *name, char out[SN_ARTIFACT_SHA_LEN + 1],
+                         uint64_t *bytes)
+{
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     uint8_t *buf = sn_malloc(IO_BUF_LEN);
     sn_rc_t rc = SN_AGAIN;
@@ -385,11 +468,11 @@ static sn_rc_t s_hash_file(const char *path, char out[SN_ARTIFACT_SHA_LEN + 1], 
     if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
         goto out;
     for (;;) {
-        ssize_t n = read(fd, buf, IO_BUF_LEN);
+        ssize_t n = pread(fd, buf, IO_BUF_LEN, (off_t)total);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            sn_error(LOG_MODULE, "read %s: %s", path, strerror(errno));
+            sn_error(LOG_MODULE, "read %s: %s", name, strerror(errno));
             goto out;
         }
         if (n == 0)
@@ -409,7 +492,6 @@ static sn_rc_t s_hash_file(const char *path, char out[SN_ARTIFACT_SHA_LEN + 1], 
 out:
     EVP_MD_CTX_free(md);
     free(buf);
-    close(fd);
     return rc;
 }
 

@@ -222,6 +222,17 @@ static const s_field_t s_runtime_rows[] = {
 };
 static const s_section_t s_runtime_section = S_SECTION(sn_runtime_config_t, s_runtime_rows, NULL);
 
+static const s_field_t s_retention_rows[] = {
+    S_ROW_DUR(sn_retention_config_t, runs_max_age_s, "runs_max_age_s", 1000, 3600, 3650 * 86400,
+              "90d"),
+    S_ROW_INT(sn_retention_config_t, dead_letters, "dead_letters", 0, 100000000, "1000"),
+    S_ROW_DUR(sn_retention_config_t, work_dir_max_age_s, "work_dir_max_age_s", 1000, 60,
+              3650 * 86400, "1d"),
+    S_ROW_DUR(sn_retention_config_t, gc_interval_s, "gc_interval_s", 1000, 0, 365 * 86400, "1d"),
+};
+static const s_section_t s_retention_section =
+    S_SECTION(sn_retention_config_t, s_retention_rows, NULL);
+
 static const s_field_t s_process_rows[] = {
     S_ROW_STR(sn_process_config_t, role, "role", NULL, true),
     S_ROW_INT(sn_process_config_t, instances, "instances", 1, 64, "1"),
@@ -340,7 +351,7 @@ static const s_field_t s_channel_rows[] = {
 };
 static const s_section_t s_channel_section = S_SECTION(sn_channel_config_t, s_channel_rows, NULL);
 
-static const char *const s_token_roles[] = {"viewer", "operator", "admin", NULL};
+static const char *const s_token_roles[] = {"viewer", "operator", "admin", "agent", NULL};
 
 static const s_field_t s_token_rows[] = {
     S_ROW_NAME(sn_token_config_t),
@@ -364,6 +375,19 @@ static const s_field_t s_gateway_rows[] = {
 };
 static const s_section_t s_gateway_section = S_SECTION(sn_gateway_config_t, s_gateway_rows, NULL);
 
+/* The token has no check function: no error message ever prints its value. */
+static const s_field_t s_artifact_source_rows[] = {
+    S_ROW_CHECKED(sn_artifact_source_config_t, url, "url", NULL, s_check_http_url, false),
+    S_ROW_STR(sn_artifact_source_config_t, token, "token", NULL, false),
+    S_ROW_DUR(sn_artifact_source_config_t, timeout_ms, "timeout_ms", 1, 1000, S_DAY_MS, "600000"),
+    S_ROW_DUR(sn_artifact_source_config_t, connect_timeout_ms, "connect_timeout_ms", 1, 100, 600000,
+              "10000"),
+    S_ROW_INT(sn_artifact_source_config_t, max_bytes, "max_bytes", 1024, INT64_C(1) << 40,
+              "8589934592"),
+};
+static const s_section_t s_artifact_source_section =
+    S_SECTION(sn_artifact_source_config_t, s_artifact_source_rows, NULL);
+
 static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "off", NULL};
 
 static const s_field_t s_top_rows[] = {
@@ -373,6 +397,7 @@ static const s_field_t s_top_rows[] = {
     S_ROW_MAP(sn_config_t, broker, "broker", &s_broker_section),
     S_ROW_MAP(sn_config_t, redis, "redis", &s_redis_section),
     S_ROW_MAP(sn_config_t, runtime, "runtime", &s_runtime_section),
+    S_ROW_MAP(sn_config_t, retention, "retention", &s_retention_section),
     S_ROW_SEQ(sn_config_t, processes, process_count, "processes", &s_process_section),
     S_ROW_SEQ(sn_config_t, projects, project_count, "projects", &s_project_section),
     S_ROW_SEQ(sn_config_t, targets, target_count, "targets", &s_target_section),
@@ -380,6 +405,7 @@ static const s_field_t s_top_rows[] = {
     S_ROW_MAP(sn_config_t, gateway, "gateway", &s_gateway_section),
     /* defaults under state_dir, filled in by s_finish */
     S_ROW_STR(sn_config_t, artifact_dir, "artifact_dir", NULL, false),
+    S_ROW_MAP(sn_config_t, artifact_source, "artifact_source", &s_artifact_source_section),
     S_ROW_STR(sn_config_t, audit_archive, "audit_archive", NULL, false),
     S_ROW_STR(sn_config_t, audit_key_file, "audit_key_file", NULL, false),
 };
@@ -1656,6 +1682,11 @@ static sn_rc_t s_finish_pipeline(s_ctx_t *ctx, sn_config_t *cfg)
     if (s_finish_targets(ctx, cfg) != SN_OK || s_finish_projects(ctx, cfg) != SN_OK ||
         s_finish_channels(ctx, cfg) != SN_OK || s_finish_gateway(ctx, cfg) != SN_OK)
         return SN_ERROR;
+    const sn_artifact_source_config_t *as = &cfg->artifact_source;
+    if (!as->url && s_map_get(ctx->root, "artifact_source") &&
+        !s_is_null(s_map_get(ctx->root, "artifact_source")))
+        return s_fail(ctx, s_locate(ctx, "artifact_source", NULL), "artifact_source",
+                      "needs \"url\" (the gateway that serves the artifacts)");
     if (!cfg->artifact_dir)
         cfg->artifact_dir = sn_strdupf("%s/artifacts", cfg->state_dir);
     if (!cfg->audit_archive)

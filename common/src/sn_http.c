@@ -4,12 +4,14 @@
 #include "sentinel/sn_http.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -28,6 +30,16 @@ typedef struct {
     size_t cap;
     size_t body_alloc;
     size_t header_bytes;
+    /* downloads (sn_http_download): a 2xx body goes to fd */
+    CURL *curl;
+    int fd; /* -1: everything in memory */
+    uint64_t file_cap;
+    uint64_t written;
+    int is_2xx; /* -1 until the first body byte */
+    int write_errno;
+    sn_http_progress_fn *progress;
+    void *progress_arg;
+    bool is_aborted;
 } s_xfer_t;
 
 static pthread_once_t s_curl_once = PTHREAD_ONCE_INIT;
@@ -36,6 +48,10 @@ static bool s_curl_ok;
 static void s_curl_init(void);
 static size_t s_on_body(char *data, size_t size, size_t nmemb, void *arg);
 static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg);
+static int s_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                         curl_off_t ulnow);
+static sn_rc_t s_perform(sn_http_t *self, const sn_http_request_t *req, sn_http_response_t *resp,
+                         s_xfer_t *x);
 static void s_headers_clear(sn_http_response_t *resp);
 static sn_rc_t s_classify(CURLcode code, s_xfer_t *x);
 static void s_append(char **buf, size_t *len, size_t *alloc, const char *s, size_t n);
@@ -69,6 +85,31 @@ void sn_http_destroy(sn_http_t **self_p)
 sn_rc_t sn_http_perform(sn_http_t *self, const sn_http_request_t *req, sn_http_response_t *resp)
 {
     SN_ASSERT(self && req && resp);
+    s_xfer_t x = {.fd = -1};
+    return s_perform(self, req, resp, &x);
+}
+
+sn_rc_t sn_http_download(sn_http_t *self, const sn_http_request_t *req, int fd, uint64_t max_bytes,
+                         sn_http_progress_fn *progress, void *progress_arg, uint64_t *written,
+                         sn_http_response_t *resp)
+{
+    SN_ASSERT(self && req && resp && fd >= 0 && max_bytes > 0);
+    s_xfer_t x = {
+        .fd = fd,
+        .file_cap = max_bytes,
+        .is_2xx = -1,
+        .progress = progress,
+        .progress_arg = progress_arg,
+    };
+    sn_rc_t rc = s_perform(self, req, resp, &x);
+    if (written)
+        *written = x.written;
+    return rc;
+}
+
+static sn_rc_t s_perform(sn_http_t *self, const sn_http_request_t *req, sn_http_response_t *resp,
+                         s_xfer_t *xp)
+{
     memset(resp, 0, sizeof *resp);
     resp->retry_after_ms = -1;
     resp->body = sn_calloc(1, 1);
@@ -76,11 +117,11 @@ sn_rc_t sn_http_perform(sn_http_t *self, const sn_http_request_t *req, sn_http_r
         sn_strlcpy(resp->error, !req->url ? "no url" : "no timeout", sizeof resp->error);
         return SN_ERROR;
     }
-    s_xfer_t x = {
-        .resp = resp,
-        .cap = req->max_body_bytes ? req->max_body_bytes : SN_HTTP_DEFAULT_MAX_BODY,
-        .body_alloc = 1,
-    };
+    s_xfer_t x = *xp;
+    x.resp = resp;
+    x.cap = req->max_body_bytes ? req->max_body_bytes : SN_HTTP_DEFAULT_MAX_BODY;
+    x.body_alloc = 1;
+    x.curl = self->curl;
     CURL *c = self->curl;
     curl_easy_reset(c);
     char errbuf[CURL_ERROR_SIZE];
@@ -110,7 +151,13 @@ sn_rc_t sn_http_perform(sn_http_t *self, const sn_http_request_t *req, sn_http_r
     S_SET(CURLOPT_FOLLOWLOCATION, req->follow_redirects ? 1L : 0L);
     S_SET(CURLOPT_MAXREDIRS, S_MAX_REDIRECTS);
     S_SET(CURLOPT_USERAGENT, S_USER_AGENT);
-    S_SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x.cap);
+    S_SET(CURLOPT_MAXFILESIZE_LARGE,
+          (curl_off_t)(x.fd >= 0 && x.file_cap > x.cap ? x.file_cap : x.cap));
+    if (x.fd >= 0) {
+        S_SET(CURLOPT_NOPROGRESS, 0L);
+        S_SET(CURLOPT_XFERINFOFUNCTION, s_on_progress);
+        S_SET(CURLOPT_XFERINFODATA, &x);
+    }
     S_SET(CURLOPT_WRITEFUNCTION, s_on_body);
     S_SET(CURLOPT_WRITEDATA, &x);
     S_SET(CURLOPT_HEADERFUNCTION, s_on_header);
@@ -144,6 +191,7 @@ sn_rc_t sn_http_perform(sn_http_t *self, const sn_http_request_t *req, sn_http_r
         rc = s_classify(code, &x);
     }
     curl_slist_free_all(hdrs);
+    xp->written = x.written;
     /* curl keeps pointers to our buffers until the next reset. */
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
@@ -320,11 +368,58 @@ static void s_curl_init(void)
         sn_error("http", "curl_global_init failed: %s", curl_easy_strerror(code));
 }
 
+/* A download's 2xx body: straight to the file, capped. */
+static size_t s_on_file_body(s_xfer_t *x, const char *data, size_t n)
+{
+    if (n > x->file_cap - x->written) {
+        x->resp->is_too_large = true;
+        return 0;
+    }
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = write(x->fd, data + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            x->write_errno = w < 0 ? errno : EIO;
+            x->written += off;
+            return 0;
+        }
+        off += (size_t)w;
+    }
+    x->written += n;
+    return n;
+}
+
+static int s_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                         curl_off_t ulnow)
+{
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    s_xfer_t *x = arg;
+    if (x->progress && !x->progress(x->progress_arg, x->written)) {
+        x->is_aborted = true;
+        return 1; /* CURLE_ABORTED_BY_CALLBACK */
+    }
+    return 0;
+}
+
 static size_t s_on_body(char *data, size_t size, size_t nmemb, void *arg)
 {
     s_xfer_t *x = arg;
     sn_http_response_t *r = x->resp;
     size_t n = size * nmemb;
+    if (x->fd >= 0) {
+        if (x->is_2xx < 0) {
+            long status = 0;
+            curl_easy_getinfo(x->curl, CURLINFO_RESPONSE_CODE, &status);
+            x->is_2xx = status >= 200 && status < 300;
+        }
+        if (x->is_2xx)
+            return s_on_file_body(x, data, n);
+    }
     if (n > x->cap - r->body_len) {
         r->is_too_large = true;
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
@@ -400,13 +495,22 @@ static sn_rc_t s_classify(CURLcode code, s_xfer_t *x)
         return SN_AGAIN;
     case CURLE_FILESIZE_EXCEEDED:
         r->is_too_large = true;
-        snprintf(r->error, sizeof r->error, "response body over %zu bytes", x->cap);
+        snprintf(r->error, sizeof r->error, "response body over %llu bytes",
+                 (unsigned long long)(x->fd >= 0 && x->file_cap > x->cap ? x->file_cap : x->cap));
         return SN_ERROR;
     case CURLE_WRITE_ERROR:
         if (r->is_too_large) {
-            snprintf(r->error, sizeof r->error, "response over its cap (%zu body bytes)", x->cap);
+            snprintf(r->error, sizeof r->error, "response over its cap (%llu body bytes)",
+                     (unsigned long long)(x->fd >= 0 && x->is_2xx == 1 ? x->file_cap : x->cap));
             return SN_ERROR;
         }
+        if (x->write_errno)
+            snprintf(r->error, sizeof r->error, "cannot write the body: %s",
+                     strerror(x->write_errno));
+        return SN_AGAIN;
+    case CURLE_ABORTED_BY_CALLBACK:
+        if (x->is_aborted)
+            snprintf(r->error, sizeof r->error, "aborted by the caller");
         return SN_AGAIN;
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:

@@ -473,6 +473,92 @@ static void test_sn_artifact_put_refuses_bad_input(void **state)
     free(missing);
 }
 
+static void test_sn_artifact_import_file(void **state)
+{
+    s_fix_t *f = *state;
+    char *src = sn_strdupf("%s/site", f->dir);
+    assert_int_equal(mkdir(src, 0755), 0);
+    s_make_site(src, 0);
+    char sha[65];
+    assert_int_equal(sn_artifact_put_dir(f->store, src, sha, NULL), SN_OK);
+    char *stored = sn_artifact_path(f->store, sha);
+    size_t len = 0;
+    char *bytes = sn_test_read_file(stored);
+    assert_non_null(bytes);
+    struct stat st;
+    assert_int_equal(stat(stored, &st), 0);
+    len = (size_t)st.st_size;
+
+    /* hash_fd: the whole file whatever the fd's offset, the offset left alone */
+    int fd = open(stored, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(lseek(fd, 100, SEEK_SET), 100);
+    char got[65];
+    uint64_t n = 0;
+    assert_int_equal(sn_artifact_hash_fd(fd, got, &n), SN_OK);
+    assert_string_equal(got, sha);
+    assert_true(n == len);
+    assert_int_equal(lseek(fd, 0, SEEK_CUR), 100);
+    close(fd);
+
+    /* a second store (another host) imports the bytes under their hash */
+    char *dir2 = sn_strdupf("%s/store2", f->dir);
+    sn_artifact_t *other = sn_artifact_new(dir2, NULL);
+    assert_non_null(other);
+    char *tmp = sn_strdupf("%s/.tmp-fetch-1.tar", dir2);
+    FILE *out = fopen(tmp, "wb");
+    assert_non_null(out);
+    assert_int_equal(fwrite(bytes, 1, len, out), len);
+    assert_int_equal(fclose(out), 0);
+    char seen[65];
+    assert_int_equal(sn_artifact_import_file(other, tmp, sha, seen), SN_OK);
+    assert_string_equal(seen, sha);
+    assert_int_equal(access(tmp, F_OK), -1); /* moved */
+    assert_int_equal(sn_artifact_verify(other, sha), SN_OK);
+    /* again (same content already there): SN_OK, the temp file removed */
+    out = fopen(tmp, "wb");
+    assert_int_equal(fwrite(bytes, 1, len, out), len);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(sn_artifact_import_file(other, tmp, sha, NULL), SN_OK);
+    assert_int_equal(access(tmp, F_OK), -1);
+
+    /* tampered: one byte changed -> SN_ERROR, nothing stored, the file left to the caller */
+    char *sha2 = sn_strdup(sha);
+    sha2[0] = sha2[0] == '0' ? '1' : '0'; /* an artifact the second store does not have */
+    out = fopen(tmp, "wb");
+    bytes[len / 2] ^= 1;
+    assert_int_equal(fwrite(bytes, 1, len, out), len);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(sn_artifact_import_file(other, tmp, sha2, seen), SN_ERROR);
+    assert_string_not_equal(seen, sha2);
+    assert_false(sn_artifact_exists(other, sha2));
+    assert_int_equal(access(tmp, F_OK), 0);
+    /* truncated */
+    assert_int_equal(truncate(tmp, (off_t)len / 2), 0);
+    assert_int_equal(sn_artifact_import_file(other, tmp, sha2, NULL), SN_ERROR);
+    assert_false(sn_artifact_exists(other, sha2));
+    /* bad input */
+    assert_int_equal(sn_artifact_import_file(other, tmp, "abc", seen), SN_ERROR);
+    assert_string_equal(seen, "");
+    assert_int_equal(sn_artifact_import_file(other, tmp, "../../x", NULL), SN_ERROR);
+    assert_int_equal(sn_artifact_import_file(other, dir2, sha2, NULL), SN_ERROR);
+    char *missing = sn_strdupf("%s/nope", dir2);
+    assert_int_equal(sn_artifact_import_file(other, missing, sha2, NULL), SN_AGAIN);
+    char *link = sn_strdupf("%s/link.tar", dir2);
+    assert_int_equal(symlink(stored, link), 0);
+    assert_int_equal(sn_artifact_import_file(other, link, sha, NULL), SN_ERROR); /* O_NOFOLLOW */
+    unlink(tmp);
+    sn_artifact_destroy(&other);
+    free(link);
+    free(missing);
+    free(sha2);
+    free(tmp);
+    free(dir2);
+    free(bytes);
+    free(stored);
+    free(src);
+}
+
 static void test_sn_artifact_gc_keeps_referenced(void **state)
 {
     s_fix_t *f = *state;
@@ -547,6 +633,7 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_artifact_put_refuses_bad_input, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_sn_artifact_import_file, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_artifact_gc_keeps_referenced, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_sn_artifact_rmtree_does_not_follow_links, s_setup,
                                         s_teardown),

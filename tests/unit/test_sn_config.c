@@ -90,6 +90,11 @@ static void test_sn_config_full_file(void **state)
                        "  agent_ttl_ms: 20000\n"
                        "  journal_max_len: 5000000000\n"
                        "  journal_max_age_s: 7d\n"
+                       "retention:\n"
+                       "  runs_max_age_s: 30d\n"
+                       "  dead_letters: 50\n"
+                       "  work_dir_max_age_s: 2h\n"
+                       "  gc_interval_s: 0\n"
                        "processes:\n"
                        "  - role: supervisor\n"
                        "  - {role: ci-runner, instances: 4}\n";
@@ -140,6 +145,10 @@ static void test_sn_config_full_file(void **state)
     assert_int_equal(rt->agent_ttl_ms, 20000);
     assert_true(rt->journal_max_len == INT64_C(5000000000));
     assert_int_equal(rt->journal_max_age_s, 7 * 86400);
+    assert_true(cfg.retention.runs_max_age_s == 30 * 86400);
+    assert_true(cfg.retention.dead_letters == 50);
+    assert_true(cfg.retention.work_dir_max_age_s == 2 * 3600);
+    assert_true(cfg.retention.gc_interval_s == 0);
     assert_int_equal(cfg.process_count, 2);
     assert_string_equal(cfg.processes[0].role, "supervisor");
     assert_int_equal(cfg.processes[0].instances, 1);
@@ -183,6 +192,10 @@ static void test_sn_config_defaults_and_hash(void **state)
     assert_int_equal(cfg.runtime.agent_ttl_ms, 15000);
     assert_true(cfg.runtime.journal_max_len == 1000000);
     assert_true(cfg.runtime.journal_max_age_s == 30 * 86400);
+    assert_true(cfg.retention.runs_max_age_s == 90 * 86400);
+    assert_true(cfg.retention.dead_letters == 1000);
+    assert_true(cfg.retention.work_dir_max_age_s == 86400);
+    assert_true(cfg.retention.gc_interval_s == 86400);
     assert_int_equal(cfg.process_count, 0);
     assert_string_equal(cfg.hash,
                         "b250df6245c28f35a2dcaa2a90102b26d007860ad2aeb3072b89bcb1444a627a");
@@ -297,6 +310,18 @@ static void test_sn_config_type_errors(void **state)
     s_expect_error("runtime:\n  journal_max_age_s: 250ms\n",
                    "t.yml:2:22: runtime.journal_max_age_s: expected an integer in [60, 315360000] "
                    "(s) or a duration such as \"30d\", got \"250ms\"");
+    s_expect_error("retention:\n  runs_max_age_s: 10m\n",
+                   "t.yml:2:19: retention.runs_max_age_s: expected an integer in [3600, "
+                   "315360000] (s) or a duration such as \"30d\", got \"10m\"");
+    s_expect_error("retention:\n  dead_letters: -1\n",
+                   "t.yml:2:17: retention.dead_letters: expected an integer in [0, 100000000], "
+                   "got \"-1\"");
+    s_expect_error("retention:\n  gc_interval_s: often\n",
+                   "t.yml:2:18: retention.gc_interval_s: expected an integer in [0, 31536000] "
+                   "(s) or a duration such as \"30d\", got \"often\"");
+    s_expect_error("retention:\n  runs_days: 90\n",
+                   "t.yml:2:3: retention.runs_days: unknown key \"runs_days\" (valid keys: "
+                   "runs_max_age_s, dead_letters, work_dir_max_age_s, gc_interval_s)");
     s_expect_error("broker:\n  curve: maybe\n",
                    "t.yml:2:10: broker.curve: expected true or false, got \"maybe\"");
     s_expect_error(
@@ -340,8 +365,9 @@ static void test_sn_config_key_errors(void **state)
     s_expect_error(
         "pipelines: []\n",
         "t.yml:1:1: pipelines: unknown key \"pipelines\" (valid keys: namespace, state_dir, "
-        "log_level, broker, redis, runtime, processes, projects, targets, channels, gateway, "
-        "artifact_dir, audit_archive, audit_key_file)");
+        "log_level, broker, redis, runtime, retention, processes, projects, targets, channels, "
+        "gateway, "
+        "artifact_dir, artifact_source, audit_archive, audit_key_file)");
     s_expect_error("namespace: a\nstate_dir: b\nnamespace: c\n",
                    "t.yml:3:1: namespace: duplicate key (first at line 1, column 1)");
     s_expect_error("runtime:\n  job_lease_ms: 1s\n  job_lease_ms: 2s\n",
@@ -961,7 +987,7 @@ static void test_sn_config_pipeline_value_errors(void **state)
                    "characters, got \"abc\"");
     s_expect_error("gateway:\n  tokens:\n    - {name: a, sha256: " TOKEN_HASH ", role: root}\n",
                    "t.yml:3:97: gateway.tokens[0].role: expected one of viewer, operator, admin, "
-                   "got \"root\"");
+                   "agent, got \"root\"");
     s_expect_error("gateway:\n  tokens:\n    - {name: a, sha256: " TOKEN_HASH "}\n",
                    "t.yml:3:7: gateway.tokens[0]: missing required key \"role\"");
     s_expect_error("gateway:\n  listen: 8700\n",
@@ -1089,6 +1115,89 @@ static void test_sn_config_pipeline_cross_errors(void **state)
 }
 
 /* A resolved ${env:...} secret never appears in an error message. */
+/* artifact_source: where a local-deployer fetches artifacts built on another host. */
+static void test_sn_config_artifact_source(void **state)
+{
+    sn_config_t cfg;
+    /* absent: no fetching */
+    assert_int_equal(s_load("state_dir: /tmp/sn\n", &cfg), SN_OK);
+    assert_null(cfg.artifact_source.url);
+    assert_null(cfg.artifact_source.token);
+    assert_int_equal(cfg.artifact_source.timeout_ms, 600000);
+    assert_int_equal(cfg.artifact_source.connect_timeout_ms, 10000);
+    assert_true(cfg.artifact_source.max_bytes == INT64_C(8589934592));
+    sn_config_fini(&cfg);
+
+    /* every key, the token from the environment, durations, an agent token */
+    setenv("SN_TEST_ARTIFACT_TOKEN", "tok-3x4mpl3", 1);
+    assert_int_equal(s_load("artifact_source:\n"
+                            "  url: http://buildhost:8700\n"
+                            "  token: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n"
+                            "  timeout_ms: 2m\n"
+                            "  connect_timeout_ms: 3s\n"
+                            "  max_bytes: 1048576\n"
+                            "gateway:\n"
+                            "  tokens:\n"
+                            "    - {name: hostb, sha256: " TOKEN_HASH ", role: agent}\n",
+                            &cfg),
+                     SN_OK);
+    assert_string_equal(cfg.artifact_source.url, "http://buildhost:8700");
+    assert_string_equal(cfg.artifact_source.token, "tok-3x4mpl3");
+    assert_int_equal(cfg.artifact_source.timeout_ms, 120000);
+    assert_int_equal(cfg.artifact_source.connect_timeout_ms, 3000);
+    assert_true(cfg.artifact_source.max_bytes == 1048576);
+    assert_string_equal(cfg.gateway.tokens[0].role, "agent");
+    sn_config_fini(&cfg);
+
+    /* just the url */
+    assert_int_equal(s_load("artifact_source: {url: \"https://a.example/\"}\n", &cfg), SN_OK);
+    assert_string_equal(cfg.artifact_source.url, "https://a.example/");
+    assert_null(cfg.artifact_source.token);
+    sn_config_fini(&cfg);
+
+    /* errors */
+    s_expect_error("artifact_source:\n  url: \"file:///etc/passwd\"\n",
+                   "t.yml:2:8: artifact_source.url: expected an http:// or https:// URL, got "
+                   "\"file:///etc/passwd\"");
+    s_expect_error("artifact_source:\n  timeout_ms: 0\n  url: http://x\n",
+                   "t.yml:2:15: artifact_source.timeout_ms: expected an integer in [1000, "
+                   "86400000] (ms) or a duration such as \"250ms\", got \"0\"");
+    s_expect_error_like("artifact_source:\n  url: http://x\n  max_bytes: -1\n",
+                        strlen("artifact_source:\n  url: http://x\n  max_bytes: -1\n"),
+                        "t.yml:3:14: artifact_source.max_bytes:", "\"-1\"");
+    s_expect_error_like("artifact_source:\n  url: http://x\n  tokn: abc\n",
+                        strlen("artifact_source:\n  url: http://x\n  tokn: abc\n"),
+                        "t.yml:3:3: artifact_source.tokn:", "unknown key");
+    s_expect_error_like("artifact_source:\n  token: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n",
+                        strlen("artifact_source:\n  token: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n"),
+                        "t.yml:", "artifact_source: needs \"url\"");
+    assert_null(strstr(s_err, "tok-3x4mpl3"));
+    s_expect_error_like("artifact_source: http://x\n", strlen("artifact_source: http://x\n"),
+                        "t.yml:1:18: artifact_source:", "mapping");
+    /* the token never appears in an error, wherever the error is */
+    const char *const bad[] = {
+        "artifact_source:\n  token: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n  url: nope\n",
+        "artifact_source:\n  token: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n  url: http://x\n"
+        "  timeout_ms: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n",
+        "artifact_source:\n  token: [\"${env:SN_TEST_ARTIFACT_TOKEN}\"]\n  url: http://x\n",
+    };
+    for (size_t i = 0; i < SN_ARRAY_LEN(bad); i++) {
+        memset(s_err, 0, sizeof s_err);
+        assert_int_equal(s_load(bad[i], &cfg), SN_ERROR);
+        if (strstr(s_err, "tok-3x4mpl3"))
+            print_error("case %zu leaked: %s\n", i, s_err);
+        assert_null(strstr(s_err, "tok-3x4mpl3"));
+        assert_true(strncmp(s_err, "t.yml:", 6) == 0);
+    }
+    unsetenv("SN_TEST_ARTIFACT_TOKEN");
+    s_expect_error_like("artifact_source:\n  url: http://x\n"
+                        "  token: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n",
+                        strlen("artifact_source:\n  url: http://x\n"
+                               "  token: \"${env:SN_TEST_ARTIFACT_TOKEN}\"\n"),
+                        "t.yml:3:10: artifact_source.token:",
+                        "environment variable SN_TEST_ARTIFACT_TOKEN is not set");
+}
+
 static void test_sn_config_secret_not_leaked(void **state)
 {
     const char *value = "s3cr3t hook/KEY!0123456789";
@@ -1151,6 +1260,7 @@ int main(void)
         cmocka_unit_test(test_sn_config_pipeline_value_errors),
         cmocka_unit_test(test_sn_config_pipeline_cross_errors),
         cmocka_unit_test(test_sn_config_secret_not_leaked),
+        cmocka_unit_test(test_sn_config_artifact_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

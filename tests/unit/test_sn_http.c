@@ -3,6 +3,7 @@
  * redaction. */
 #include "sn_test.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,104 @@ static void test_sn_http_body_cap(void **state)
     assert_int_equal(s_get(s, "/", 5000, 0, &resp), SN_OK);
     assert_int_equal(resp.body_len, 5000);
     sn_http_response_fini(&resp);
+}
+
+/* A download into a temp file: SN_OK with *written; the file holds the body. */
+static sn_rc_t s_download(s_site_t *s, const char *path, uint64_t max, sn_http_progress_fn *fn,
+                          void *arg, int *fd_out, uint64_t *written, sn_http_response_t *resp)
+{
+    char *file = sn_strdupf("%s/dl-XXXXXX", s->dir);
+    int fd = mkstemp(file);
+    assert_true(fd >= 0);
+    unlink(file);
+    free(file);
+    char *url = sn_strdupf("%s%s", s->base, path);
+    sn_http_request_t req = {.url = url, .timeout_ms = 5000, .max_body_bytes = 100};
+    sn_rc_t rc = sn_http_download(s->http, &req, fd, max, fn, arg, written, resp);
+    free(url);
+    *fd_out = fd;
+    return rc;
+}
+
+static bool s_stop_at_once(void *arg, uint64_t received)
+{
+    (*(int *)arg)++;
+    return false;
+}
+
+static void test_sn_http_download_to_fd(void **state)
+{
+    s_site_t *s = *state;
+    sn_http_response_t resp;
+    int fd = -1;
+    uint64_t written = 0;
+    /* a 2xx body goes to the file, not to memory (bigger than max_body_bytes: no cap) */
+    s_control(s, "body_size=300000");
+    assert_int_equal(s_download(s, "/", 1000000, NULL, NULL, &fd, &written, &resp), SN_OK);
+    assert_int_equal(resp.status, 200);
+    assert_true(written == 300000);
+    assert_int_equal(resp.body_len, 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, 300000);
+    char c = 0;
+    assert_int_equal(pread(fd, &c, 1, 299999), 1);
+    assert_int_equal(c, 'x');
+    close(fd);
+    sn_http_response_fini(&resp);
+    /* over max_bytes: SN_ERROR, is_too_large, with and without a Content-Length */
+    assert_int_equal(s_download(s, "/", 1000, NULL, NULL, &fd, &written, &resp), SN_ERROR);
+    assert_true(resp.is_too_large);
+    assert_true(written <= 1000);
+    close(fd);
+    sn_http_response_fini(&resp);
+    s_control(s, "body_size=300000&no_length=1");
+    assert_int_equal(s_download(s, "/", 1000, NULL, NULL, &fd, &written, &resp), SN_ERROR);
+    assert_true(resp.is_too_large);
+    assert_true(written <= 1000);
+    close(fd);
+    sn_http_response_fini(&resp);
+    /* a non-2xx body stays in memory (capped by max_body_bytes), the file stays empty */
+    s_control(s, "status=404&body=gone");
+    assert_int_equal(s_download(s, "/", 1000, NULL, NULL, &fd, &written, &resp), SN_OK);
+    assert_int_equal(resp.status, 404);
+    assert_string_equal(resp.body, "gone");
+    assert_true(written == 0);
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    close(fd);
+    sn_http_response_fini(&resp);
+    /* the progress callback can stop it: SN_AGAIN */
+    s_control(s, "body_size=300000&delay_ms=300");
+    int calls = 0;
+    assert_int_equal(s_download(s, "/", 1000000, s_stop_at_once, &calls, &fd, &written, &resp),
+                     SN_AGAIN);
+    assert_true(calls >= 1);
+    assert_string_equal(resp.error, "aborted by the caller");
+    close(fd);
+    sn_http_response_fini(&resp);
+    /* a file that cannot be written: SN_AGAIN naming the write */
+    s_control(s, "body_size=3000");
+    char *url = sn_strdupf("%s/", s->base);
+    sn_http_request_t req = {.url = url, .timeout_ms = 5000};
+    int rfd = open("/dev/null", O_RDONLY);
+    assert_true(rfd >= 0);
+    assert_int_equal(sn_http_download(s->http, &req, rfd, 10000, NULL, NULL, NULL, &resp),
+                     SN_AGAIN);
+    assert_non_null(strstr(resp.error, "cannot write the body"));
+    close(rfd);
+    sn_http_response_fini(&resp);
+    free(url);
+    /* a refused connection: SN_AGAIN, as for sn_http_perform */
+    int port = sn_test_free_port();
+    url = sn_strdupf("http://127.0.0.1:%d/", port);
+    req.url = url;
+    rfd = open("/dev/null", O_WRONLY);
+    assert_int_equal(sn_http_download(s->http, &req, rfd, 10000, NULL, NULL, NULL, &resp),
+                     SN_AGAIN);
+    close(rfd);
+    sn_http_response_fini(&resp);
+    free(url);
 }
 
 static void test_sn_http_header_cap(void **state)
@@ -318,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_sn_http_status_body_headers),
         cmocka_unit_test(test_sn_http_error_status_is_a_response),
         cmocka_unit_test(test_sn_http_body_cap),
+        cmocka_unit_test(test_sn_http_download_to_fd),
         cmocka_unit_test(test_sn_http_header_cap),
         cmocka_unit_test(test_sn_http_timeout_ends_within_the_timeout),
         cmocka_unit_test(test_sn_http_connection_refused_is_transient),

@@ -56,6 +56,27 @@ bool sn_artifact_exists(sn_artifact_t *self, const char *sha);
  * read error. */
 SN_NODISCARD sn_rc_t sn_artifact_verify(sn_artifact_t *self, const char *sha);
 
+/* Hashes the whole of file @fd (from offset 0, with pread: the fd's offset is left
+ * alone) into @sha_out; *bytes (may be NULL) gets its size. SN_AGAIN on a read error
+ * (logged). For a reader that must serve exactly the bytes it checked (the gateway).
+ * Any thread. */
+SN_NODISCARD sn_rc_t sn_artifact_hash_fd(int fd, char sha_out[SN_ARTIFACT_SHA_LEN + 1],
+                                         uint64_t *bytes);
+
+/* Moves the file at @path (a temp file of the caller's, on the store's filesystem, e.g.
+ * <dir>/.tmp-*: gc removes such files left behind) into the store as artifact
+ * @expected_sha, if and only if its bytes hash to @expected_sha: hashed, fsynced, renamed
+ * atomically, directory fsynced. @got_sha (may be NULL) receives the hash of what the
+ * file holds (empty if it could not be read). SN_OK: stored (@path is gone; an artifact
+ * with that hash already present is kept and @path removed); SN_ERROR: the hash differs
+ * (logged with both hashes), @expected_sha is invalid, or @path is not a regular file (a
+ * symlink included) — @path is left for the caller to remove; SN_AGAIN: an I/O error
+ * (@path left too). No Redis record is written: the record describes the store that
+ * built the artifact. Any thread. */
+SN_NODISCARD sn_rc_t sn_artifact_import_file(sn_artifact_t *self, const char *path,
+                                             const char *expected_sha,
+                                             char got_sha[SN_ARTIFACT_SHA_LEN + 1]);
+
 /* Verifies the artifact, then extracts it into @dest_dir, which must not exist or be
  * empty (created 0755 if missing). Members with an absolute name, a `..` component, a
  * path through a symlink, a symlink whose target leaves @dest_dir, a duplicate name or

@@ -60,6 +60,16 @@ typedef struct {
     int64_t journal_max_age_s;  /* events stream cap by age, default 30 days */
 } sn_runtime_config_t;
 
+/* What `sentinelctl gc` keeps (docs/redis.md, the retention column). */
+typedef struct {
+    int64_t runs_max_age_s;     /* terminal runs with their deploys, jobs, approvals and build
+                                   logs, by last update; default 90 days, at least 1 hour */
+    int64_t dead_letters;       /* newest entries kept in jobs:dead, default 1000 */
+    int64_t work_dir_max_age_s; /* leftover build work dirs, default 1 day */
+    int64_t gc_interval_s;      /* how often `sentinelctl up` runs gc (and once when ready);
+                                   0 = never; default 1 day */
+} sn_retention_config_t;
+
 /* ---- the pipeline (issue 3): projects, environments, targets, notification, API ---- */
 
 /* HTTP verification of a release (deployment-watcher). */
@@ -150,11 +160,13 @@ typedef struct {
     int max_attempts;           /* default 5 */
 } sn_channel_config_t;
 
-/* An API token: stored hashed (sha256 hex), with a role. */
+/* An API token: stored hashed (sha256 hex), with a role. Role "agent" is for the
+ * deployers of other hosts: it may fetch artifacts (GET/HEAD /api/v1/artifacts/{sha256})
+ * and nothing else. */
 typedef struct {
     char *name;
     char *sha256;               /* hex digest of the token */
-    char *role;                 /* viewer | operator | admin */
+    char *role;                 /* viewer | operator | admin | agent */
 } sn_token_config_t;
 
 typedef struct {
@@ -166,6 +178,18 @@ typedef struct {
     int64_t max_body_bytes;     /* default 1 MiB */
 } sn_gateway_config_t;
 
+/* Where a local-deployer fetches an artifact that is not in its own store: the gateway of
+ * the host that built it (GET <url>/api/v1/artifacts/<sha256>). Absent (url NULL): no
+ * fetching, a missing artifact fails the stage. */
+typedef struct {
+    char *url;                  /* "http://buildhost:8700" (http or https) */
+    char *token;                /* Bearer token (role agent or viewer), usually
+                                   ${env:SENTINEL_ARTIFACT_TOKEN}; never logged; may be NULL */
+    int timeout_ms;             /* whole download, default 600000 */
+    int connect_timeout_ms;     /* default 10000 */
+    int64_t max_bytes;          /* largest artifact accepted, default 8 GiB */
+} sn_artifact_source_config_t;
+
 typedef struct {
     char *path;                 /* the file it was read from */
     char *namespace_;           /* key prefix, default "sentinel:" */
@@ -174,6 +198,7 @@ typedef struct {
     sn_broker_config_t broker;
     sn_redis_config_t redis;
     sn_runtime_config_t runtime;
+    sn_retention_config_t retention;
     sn_process_config_t *processes;
     size_t process_count;
     sn_project_config_t *projects;
@@ -184,6 +209,7 @@ typedef struct {
     size_t channel_count;
     sn_gateway_config_t gateway;
     char *artifact_dir;         /* default <state_dir>/artifacts */
+    sn_artifact_source_config_t artifact_source; /* `artifact_source:` */
     char *audit_archive;        /* default <state_dir>/audit.log */
     char *audit_key_file;       /* head-signing key, default <state_dir>/audit.key */
     char hash[65];              /* sha256 hex of the file's bytes (agent registration) */

@@ -72,6 +72,24 @@ void sn_http_destroy(sn_http_t **self_p);
 SN_NODISCARD sn_rc_t sn_http_perform(sn_http_t *self, const sn_http_request_t *req,
                                      sn_http_response_t *resp);
 
+/* Download progress: called on the owning thread about once a second (and more often
+ * while data flows) with the bytes written so far. Return false to abort the transfer. */
+typedef bool(sn_http_progress_fn)(void *arg, uint64_t received);
+
+/* As sn_http_perform, but streams the body of a 2xx response into @fd (the caller's,
+ * written from its current offset, never closed) instead of memory, so an artifact of
+ * gigabytes costs no heap. At most @max_bytes (> 0) are written: a body (or a
+ * Content-Length) over it aborts with SN_ERROR and is_too_large. A non-2xx body is kept
+ * in resp->body as usual (capped by req->max_body_bytes) for the caller to judge.
+ * *written (may be NULL) gets the bytes written to @fd, also after a failure. A write
+ * error on @fd (disk full) and an abort by @progress (may be NULL) are SN_AGAIN with
+ * resp->error saying which. The caller checks resp->status and what arrived (a hash).
+ * Owning thread only. */
+SN_NODISCARD sn_rc_t sn_http_download(sn_http_t *self, const sn_http_request_t *req, int fd,
+                                      uint64_t max_bytes, sn_http_progress_fn *progress,
+                                      void *progress_arg, uint64_t *written,
+                                      sn_http_response_t *resp);
+
 /* Frees the contents of @resp and zeroes it. NULL-safe, idempotent. */
 void sn_http_response_fini(sn_http_response_t *resp);
 
