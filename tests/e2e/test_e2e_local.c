@@ -14,6 +14,9 @@
 
 #define RUN_TIMEOUT_MS 90000
 
+static int s_deliveries(sn_e2e_t *e, const char *type);
+static bool s_notifiers_idle(void *arg);
+
 static const Sentinel__V1__Step *s_step(const Sentinel__V1__Run *run, const char *name)
 {
     for (size_t i = 0; i < run->n_steps; i++)
@@ -152,6 +155,9 @@ static void test_e2e_staging_good_bad_and_live_failure(void **state)
             client.requests, client.failures);
     assert_true(client.requests > 10);
     assert_int_equal(client.failures, 0);
+    /* The rollback is critical: with two notifier replicas the webhook got it once. */
+    assert_true(sn_test_wait_for(s_notifiers_idle, &e, 15000));
+    assert_int_equal(s_deliveries(&e, "dev.sentinel.run.rolled_back"), 1);
 
     free(flag);
     free(good);
@@ -420,11 +426,103 @@ static void test_e2e_production_approval_gates_notify_sse_audit(void **state)
     assert_int_equal(sn_e2e_stop(&e), 0);
 }
 
+/* A build that hangs, three pushes in quick succession and a cancel. */
+static void test_e2e_timeout_supersede_cancel(void **state)
+{
+    sn_e2e_t e;
+    assert_true(sn_e2e_start(&e, "e2equeue", NULL));
+    Sentinel__V1__Run *run = sn_e2e_find_run(&e, "staging", NULL, 30000);
+    assert_non_null(run);
+    char *seed_run = sn_strdup(run->run_id);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    run = sn_e2e_wait_run(&e, seed_run, RUN_TIMEOUT_MS);
+    assert_non_null(run);
+    assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_SUCCEEDED);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    char *path = sn_strdupf("%s/examples/hello-site/build.sh", SN_SOURCE_DIR);
+    char *good_build = sn_test_read_file(path);
+    free(path);
+    assert_non_null(good_build);
+
+    /* 1. A build that hangs is killed at its timeout (8 s here); the run says so. */
+    char *hang = sn_e2e_commit(&e, "staging", "build.sh", "#!/bin/sh\nsleep 1000\n");
+    assert_non_null(hang);
+    run = sn_e2e_find_run(&e, "staging", hang, 30000);
+    assert_non_null(run);
+    char *hang_run = sn_strdup(run->run_id);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    int64_t t0 = sn_mono_ms();
+    run = sn_e2e_wait_run(&e, hang_run, RUN_TIMEOUT_MS);
+    assert_non_null(run);
+    assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_FAILED);
+    assert_non_null(strstr(run->reason, "timed out"));
+    assert_true(sn_mono_ms() - t0 < 30000);
+    sentinel__v1__run__free_unpacked(run, NULL);
+
+    /* 2. Three pushes in quick succession while the first holds the environment: one run
+     * at a time, the older queued run superseded by the newer; cancel stops the first. */
+    char *a = sn_e2e_commit(&e, "staging", "build.sh", "#!/bin/sh\nsleep 999\n");
+    assert_non_null(a);
+    run = sn_e2e_find_run(&e, "staging", a, 30000);
+    assert_non_null(run);
+    char *a_run = sn_strdup(run->run_id);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    char *b = sn_e2e_commit(&e, "staging", "build.sh", good_build);
+    char *c = sn_e2e_commit(&e, "staging", "src/index.html",
+                            "<html><body><h1>Hello from Sentinel</h1> third</body></html>\n");
+    assert_non_null(b);
+    assert_non_null(c);
+    run = sn_e2e_find_run(&e, "staging", b, 30000);
+    assert_non_null(run);
+    char *b_run = sn_strdup(run->run_id);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    run = sn_e2e_find_run(&e, "staging", c, 30000);
+    assert_non_null(run);
+    char *c_run = sn_strdup(run->run_id);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    run = sn_e2e_wait_run(&e, b_run, 30000);
+    assert_non_null(run);
+    assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_SUPERSEDED);
+    assert_string_equal(run->superseded_by, c_run);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    run = sn_e2e_load_run(&e, c_run);
+    assert_non_null(run);
+    assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_QUEUED); /* a still holds it */
+    sentinel__v1__run__free_unpacked(run, NULL);
+    assert_int_equal(sn_e2e_ctl(&e, NULL, (const char *[]){"cancel", a_run, NULL}), 0);
+    run = sn_e2e_wait_run(&e, a_run, 30000);
+    assert_non_null(run);
+    assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_CANCELLED);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    run = sn_e2e_wait_run(&e, c_run, RUN_TIMEOUT_MS);
+    assert_non_null(run);
+    if (run->state != SENTINEL__V1__RUN_STATE__RUN_SUCCEEDED)
+        fail_msg("third run ended %d: %s", run->state, run->reason);
+    sentinel__v1__run__free_unpacked(run, NULL);
+    char *id = s_identity(e.live_port);
+    assert_non_null(id);
+    assert_non_null(strstr(id, c));
+    free(id);
+
+    free(a);
+    free(b);
+    free(c);
+    free(a_run);
+    free(b_run);
+    free(c_run);
+    free(hang);
+    free(hang_run);
+    free(good_build);
+    free(seed_run);
+    assert_int_equal(sn_e2e_stop(&e), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e2e_staging_good_bad_and_live_failure),
         cmocka_unit_test(test_e2e_production_approval_gates_notify_sse_audit),
+        cmocka_unit_test(test_e2e_timeout_supersede_cancel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -99,7 +99,7 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
             "    poll_interval_ms: 500ms\n"
             "    build_steps: [\"./build.sh\"]\n"
             "    build_output: public\n"
-            "    build_timeout_s: 60\n"
+            "    build_timeout_s: 8\n"
             "    environments:\n"
             "      - name: staging\n"
             "        branch: staging\n"
