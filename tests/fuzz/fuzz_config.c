@@ -1,5 +1,6 @@
 /* libFuzzer entry point for sn_config: any bytes must load or fail cleanly, never crash,
- * leak or read out of bounds. Built by CMake with clang and -DSN_FUZZ=ON (tests/CMakeLists.txt), or by hand, e.g.:
+ * leak or read out of bounds. Built by CMake with clang and -DSN_FUZZ=ON (tests/CMakeLists.txt), or
+ * by hand, e.g.:
  *   clang -g -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I common/include \
  *     tests/fuzz/fuzz_config.c common/src/sn_config.c common/src/sn_common.c \
  *     $(pkg-config --cflags --libs yaml-0.1 libcrypto) -o fuzz_config */

@@ -10,54 +10,54 @@
 
 /* A principal of the mesh: a CURVE public key and what it may do (ARCHITECTURE §9). */
 typedef struct {
-    char *name;        /* principal name, e.g. "buildpilot" */
-    char *public_key;  /* Z85, 40 chars */
-    char **publish;    /* topics it may publish (exact, or prefix ending in '*'); NULL-terminated */
-    char **subscribe;  /* prefixes it may subscribe to; NULL-terminated */
-    char **call;       /* services it may call; "*" = any; NULL-terminated */
-    char **serve;      /* services it may serve; NULL-terminated */
+    char *name;       /* principal name, e.g. "buildpilot" */
+    char *public_key; /* Z85, 40 chars */
+    char **publish;   /* topics it may publish (exact, or prefix ending in '*'); NULL-terminated */
+    char **subscribe; /* prefixes it may subscribe to; NULL-terminated */
+    char **call;      /* services it may call; "*" = any; NULL-terminated */
+    char **serve;     /* services it may serve; NULL-terminated */
 } sn_principal_config_t;
 
 typedef struct {
-    char *rpc;                  /* default tcp://127.0.0.1:7700 */
-    char *pub;                  /* default tcp://127.0.0.1:7701 */
-    char *sub;                  /* default tcp://127.0.0.1:7702 */
-    bool curve;                 /* CURVE on all three sockets */
-    char *server_secret_file;   /* broker's zcert secret file (with curve) */
-    char *server_public_key;    /* Z85, what clients pin (with curve) */
-    char *client_cert_file;     /* this process's zcert secret file (with curve) */
+    char *rpc;                /* default tcp://127.0.0.1:7700 */
+    char *pub;                /* default tcp://127.0.0.1:7701 */
+    char *sub;                /* default tcp://127.0.0.1:7702 */
+    bool curve;               /* CURVE on all three sockets */
+    char *server_secret_file; /* broker's zcert secret file (with curve) */
+    char *server_public_key;  /* Z85, what clients pin (with curve) */
+    char *client_cert_file;   /* this process's zcert secret file (with curve) */
     sn_principal_config_t *principals;
     size_t principal_count;
-    char **revoked;             /* revoked public keys (Z85); NULL-terminated */
-    int heartbeat_ms;           /* service-protocol heartbeat interval, default 1000 */
-    int heartbeat_liveness;     /* missed heartbeats before a peer is dead, default 3 */
-    int64_t max_frame_bytes;    /* ZMQ_MAXMSGSIZE, default 1 MiB */
+    char **revoked;          /* revoked public keys (Z85); NULL-terminated */
+    int heartbeat_ms;        /* service-protocol heartbeat interval, default 1000 */
+    int heartbeat_liveness;  /* missed heartbeats before a peer is dead, default 3 */
+    int64_t max_frame_bytes; /* ZMQ_MAXMSGSIZE, default 1 MiB */
 } sn_broker_config_t;
 
 typedef struct {
-    bool embedded;              /* `redis: embedded`: sentinelctl up starts a private server */
-    char *unix_path;            /* unix socket path (embedded: <state_dir>/redis.sock) */
-    char *host;                 /* or TCP host, default 127.0.0.1 */
-    int port;                   /* default 6379 */
-    int timeout_ms;             /* per command, default 2000 */
+    bool embedded;   /* `redis: embedded`: sentinelctl up starts a private server */
+    char *unix_path; /* unix socket path (embedded: <state_dir>/redis.sock) */
+    char *host;      /* or TCP host, default 127.0.0.1 */
+    int port;        /* default 6379 */
+    int timeout_ms;  /* per command, default 2000 */
 } sn_redis_config_t;
 
 /* One process `sentinelctl up` runs: a role and how many instances. */
 typedef struct {
     char *role;
-    int instances;              /* default 1 */
+    int instances; /* default 1 */
 } sn_process_config_t;
 
 typedef struct {
-    int leader_ttl_ms;          /* default 5000 */
-    int leader_renew_ms;        /* default ttl / 3 */
-    int job_lease_ms;           /* default 30000 */
-    int job_lease_max_ms;       /* hard maximum a lease may be renewed to, default 3600000 */
-    int job_max_attempts;       /* default 5 */
-    int shutdown_grace_ms;      /* default 10000 */
-    int agent_ttl_ms;           /* agent:<role>:<instance> TTL, default 15000 */
-    int64_t journal_max_len;    /* events stream cap by length, default 1000000 */
-    int64_t journal_max_age_s;  /* events stream cap by age, default 30 days */
+    int leader_ttl_ms;         /* default 5000 */
+    int leader_renew_ms;       /* default ttl / 3 */
+    int job_lease_ms;          /* default 30000 */
+    int job_lease_max_ms;      /* hard maximum a lease may be renewed to, default 3600000 */
+    int job_max_attempts;      /* default 5 */
+    int shutdown_grace_ms;     /* default 10000 */
+    int agent_ttl_ms;          /* agent:<role>:<instance> TTL, default 15000 */
+    int64_t journal_max_len;   /* events stream cap by length, default 1000000 */
+    int64_t journal_max_age_s; /* events stream cap by age, default 30 days */
 } sn_runtime_config_t;
 
 /* What `sentinelctl gc` keeps (docs/redis.md, the retention column). */
@@ -74,18 +74,18 @@ typedef struct {
 
 /* HTTP verification of a release (deployment-watcher). */
 typedef struct {
-    char *path;                 /* default "/" */
-    int status;                 /* expected status, default 200 */
-    char *body_contains;        /* optional */
-    int max_latency_ms;         /* default 2000 */
-    int consecutive;            /* successes in a row, default 3 */
-    int interval_ms;            /* default 500 */
-    int deadline_ms;            /* default 30000 */
-    int fail_after;             /* failed attempts in a row that fail it at once; 0 = only the
-                                   deadline (default) */
-    char *dns_name;             /* optional DNS check through c-ares */
-    char *dns_expect;           /* expected A/AAAA address */
-    char **dns_resolvers;       /* "127.0.0.1:53"; NULL-terminated, empty = system */
+    char *path;           /* default "/" */
+    int status;           /* expected status, default 200 */
+    char *body_contains;  /* optional */
+    int max_latency_ms;   /* default 2000 */
+    int consecutive;      /* successes in a row, default 3 */
+    int interval_ms;      /* default 500 */
+    int deadline_ms;      /* default 30000 */
+    int fail_after;       /* failed attempts in a row that fail it at once; 0 = only the
+                             deadline (default) */
+    char *dns_name;       /* optional DNS check through c-ares */
+    char *dns_expect;     /* expected A/AAAA address */
+    char **dns_resolvers; /* "127.0.0.1:53"; NULL-terminated, empty = system */
 } sn_check_config_t;
 
 /* A deploy target. type "local_static": nginx serves <state_dir>/sites/<name>/current on
@@ -94,56 +94,56 @@ typedef struct {
  * SENTINEL_ENVIRONMENT in their environment). */
 typedef struct {
     char *name;
-    char *type;                 /* local_static | local_command (cloud types come later) */
-    char *host;                 /* the host whose local-deployer serves it; default: this host */
-    char *listen;               /* local_static: "127.0.0.1:8080" */
-    char *preview_listen;       /* local_static: "127.0.0.1:8081" */
-    char *url;                  /* live URL for checks; default http://<listen> */
-    char *preview_url;          /* default http://<preview_listen> */
-    int keep_releases;          /* default 5 */
-    char *stage_command;        /* local_command */
+    char *type;           /* local_static | local_command (cloud types come later) */
+    char *host;           /* the host whose local-deployer serves it; default: this host */
+    char *listen;         /* local_static: "127.0.0.1:8080" */
+    char *preview_listen; /* local_static: "127.0.0.1:8081" */
+    char *url;            /* live URL for checks; default http://<listen> */
+    char *preview_url;    /* default http://<preview_listen> */
+    int keep_releases;    /* default 5 */
+    char *stage_command;  /* local_command */
     char *promote_command;
     char *health_command;
     char *rollback_command;
-    int command_timeout_ms;     /* default 120000 */
+    int command_timeout_ms; /* default 120000 */
     sn_check_config_t check;
 } sn_target_config_t;
 
 typedef struct {
-    bool required;              /* default false */
-    char **approvers;           /* principals or token names; empty = any operator */
-    int expiry_s;               /* 0 = never */
+    bool required;    /* default false */
+    char **approvers; /* principals or token names; empty = any operator */
+    int expiry_s;     /* 0 = never */
 } sn_approval_config_t;
 
 typedef struct {
-    char *name;                 /* "staging" */
-    char *branch;               /* "staging" */
+    char *name;   /* "staging" */
+    char *branch; /* "staging" */
     sn_approval_config_t approval;
-    char *strategy;             /* blue-green (default) | canary | rolling */
-    bool supersede;             /* a newer run supersedes older queued ones; default true */
-    bool require_signed;        /* gate 1: git verify-commit */
-    char *promote_from;         /* environment whose verified artifact is promoted (e.g. "staging") */
-    char **targets;             /* target names; NULL-terminated */
-    int step_timeout_s;         /* default deadline per step, default 600 */
-    int approval_timeout_s;     /* how long a run waits for approval, default 86400 */
+    char *strategy;         /* blue-green (default) | canary | rolling */
+    bool supersede;         /* a newer run supersedes older queued ones; default true */
+    bool require_signed;    /* gate 1: git verify-commit */
+    char *promote_from;     /* environment whose verified artifact is promoted (e.g. "staging") */
+    char **targets;         /* target names; NULL-terminated */
+    int step_timeout_s;     /* default deadline per step, default 600 */
+    int approval_timeout_s; /* how long a run waits for approval, default 86400 */
 } sn_environment_config_t;
 
 typedef struct {
     char *name;
-    char *source_type;          /* "local" (GitHub comes later) */
-    char *repo;                 /* local: path of the git repository */
-    char *seed_from;            /* if repo does not exist, `sentinelctl up` creates it (bare,
-                                   branches main and staging, a post-receive hook) from this
-                                   directory's files; the quick start uses examples/hello-site */
-    int poll_interval_ms;       /* ref polling, default 5000; 0 = only notify push */
-    char **build_steps;         /* shell commands run in the checkout; NULL-terminated */
-    char *build_output;         /* directory (relative to the checkout) that is the artifact */
-    int build_timeout_s;        /* default 600 */
-    char *build_user;           /* unprivileged user for build steps, default "nobody" */
-    char **build_env;           /* "NAME=value" declared variables; NULL-terminated */
-    char **build_secrets;       /* secret names made available as env; NULL-terminated */
-    int64_t build_memory_mb;    /* RLIMIT_AS, default 2048 */
-    int64_t build_max_procs;    /* RLIMIT_NPROC, default 256 */
+    char *source_type;       /* "local" (GitHub comes later) */
+    char *repo;              /* local: path of the git repository */
+    char *seed_from;         /* if repo does not exist, `sentinelctl up` creates it (bare,
+                                branches main and staging, a post-receive hook) from this
+                                directory's files; the quick start uses examples/hello-site */
+    int poll_interval_ms;    /* ref polling, default 5000; 0 = only notify push */
+    char **build_steps;      /* shell commands run in the checkout; NULL-terminated */
+    char *build_output;      /* directory (relative to the checkout) that is the artifact */
+    int build_timeout_s;     /* default 600 */
+    char *build_user;        /* unprivileged user for build steps, default "nobody" */
+    char **build_env;        /* "NAME=value" declared variables; NULL-terminated */
+    char **build_secrets;    /* secret names made available as env; NULL-terminated */
+    int64_t build_memory_mb; /* RLIMIT_AS, default 2048 */
+    int64_t build_max_procs; /* RLIMIT_NPROC, default 256 */
     sn_environment_config_t *environments;
     size_t environment_count;
 } sn_project_config_t;
@@ -151,13 +151,13 @@ typedef struct {
 /* A notification channel (this issue: log, file, webhook). */
 typedef struct {
     char *name;
-    char *type;                 /* log | file | webhook */
-    char *path;                 /* file: JSON lines */
-    char *url;                  /* webhook */
-    char *secret;               /* webhook HMAC key, usually ${env:...} or ${secret:...} */
-    char *min_severity;         /* info | warning | critical, default info */
-    int timeout_ms;             /* default 5000 */
-    int max_attempts;           /* default 5 */
+    char *type;         /* log | file | webhook */
+    char *path;         /* file: JSON lines */
+    char *url;          /* webhook */
+    char *secret;       /* webhook HMAC key, usually ${env:...} or ${secret:...} */
+    char *min_severity; /* info | warning | critical, default info */
+    int timeout_ms;     /* default 5000 */
+    int max_attempts;   /* default 5 */
 } sn_channel_config_t;
 
 /* An API token: stored hashed (sha256 hex), with a role. Role "agent" is for the
@@ -165,36 +165,36 @@ typedef struct {
  * and nothing else. */
 typedef struct {
     char *name;
-    char *sha256;               /* hex digest of the token */
-    char *role;                 /* viewer | operator | admin | agent */
+    char *sha256; /* hex digest of the token */
+    char *role;   /* viewer | operator | admin | agent */
 } sn_token_config_t;
 
 typedef struct {
-    char *listen;               /* default 127.0.0.1:8700 */
+    char *listen; /* default 127.0.0.1:8700 */
     sn_token_config_t *tokens;
     size_t token_count;
-    int max_sse;                /* default 64 */
-    int max_connections;        /* default 256 */
-    int64_t max_body_bytes;     /* default 1 MiB */
+    int max_sse;            /* default 64 */
+    int max_connections;    /* default 256 */
+    int64_t max_body_bytes; /* default 1 MiB */
 } sn_gateway_config_t;
 
 /* Where a local-deployer fetches an artifact that is not in its own store: the gateway of
  * the host that built it (GET <url>/api/v1/artifacts/<sha256>). Absent (url NULL): no
  * fetching, a missing artifact fails the stage. */
 typedef struct {
-    char *url;                  /* "http://buildhost:8700" (http or https) */
-    char *token;                /* Bearer token (role agent or viewer), usually
-                                   ${env:SENTINEL_ARTIFACT_TOKEN}; never logged; may be NULL */
-    int timeout_ms;             /* whole download, default 600000 */
-    int connect_timeout_ms;     /* default 10000 */
-    int64_t max_bytes;          /* largest artifact accepted, default 8 GiB */
+    char *url;              /* "http://buildhost:8700" (http or https) */
+    char *token;            /* Bearer token (role agent or viewer), usually
+                               ${env:SENTINEL_ARTIFACT_TOKEN}; never logged; may be NULL */
+    int timeout_ms;         /* whole download, default 600000 */
+    int connect_timeout_ms; /* default 10000 */
+    int64_t max_bytes;      /* largest artifact accepted, default 8 GiB */
 } sn_artifact_source_config_t;
 
 typedef struct {
-    char *path;                 /* the file it was read from */
-    char *namespace_;           /* key prefix, default "sentinel:" */
-    char *state_dir;            /* default ./var */
-    char *log_level;            /* default "info" */
+    char *path;       /* the file it was read from */
+    char *namespace_; /* key prefix, default "sentinel:" */
+    char *state_dir;  /* default ./var */
+    char *log_level;  /* default "info" */
     sn_broker_config_t broker;
     sn_redis_config_t redis;
     sn_runtime_config_t runtime;
@@ -208,11 +208,11 @@ typedef struct {
     sn_channel_config_t *channels;
     size_t channel_count;
     sn_gateway_config_t gateway;
-    char *artifact_dir;         /* default <state_dir>/artifacts */
+    char *artifact_dir;                          /* default <state_dir>/artifacts */
     sn_artifact_source_config_t artifact_source; /* `artifact_source:` */
-    char *audit_archive;        /* default <state_dir>/audit.log */
-    char *audit_key_file;       /* head-signing key, default <state_dir>/audit.key */
-    char hash[65];              /* sha256 hex of the file's bytes (agent registration) */
+    char *audit_archive;                         /* default <state_dir>/audit.log */
+    char *audit_key_file; /* head-signing key, default <state_dir>/audit.key */
+    char hash[65];        /* sha256 hex of the file's bytes (agent registration) */
 } sn_config_t;
 
 /* Lookups (borrowed results, NULL if absent). */
