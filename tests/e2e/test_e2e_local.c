@@ -106,10 +106,8 @@ static void test_e2e_staging_good_bad_and_live_failure(void **state)
     char *bad =
         sn_e2e_commit(&e, "staging", "src/index.html", "<html><body>broken page</body></html>\n");
     assert_non_null(bad);
-    run = sn_e2e_find_run(&e, "staging", bad, 30000);
-    assert_non_null(run);
-    char *bad_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
+    char *bad_run = sn_e2e_run_id(&e, "staging", bad, 30000);
+    assert_non_null(bad_run);
     run = sn_e2e_wait_run(&e, bad_run, RUN_TIMEOUT_MS);
     assert_non_null(run);
     assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_FAILED);
@@ -135,10 +133,8 @@ static void test_e2e_staging_good_bad_and_live_failure(void **state)
     char *good = sn_e2e_commit(&e, "staging", "src/index.html",
                                "<html><body><h1>Hello from Sentinel</h1> v2</body></html>\n");
     assert_non_null(good);
-    run = sn_e2e_find_run(&e, "staging", good, 30000);
-    assert_non_null(run);
-    char *rb_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
+    char *rb_run = sn_e2e_run_id(&e, "staging", good, 30000);
+    assert_non_null(rb_run);
     run = sn_e2e_wait_run(&e, rb_run, RUN_TIMEOUT_MS);
     assert_non_null(run);
     if (run->state != SENTINEL__V1__RUN_STATE__RUN_ROLLED_BACK)
@@ -282,10 +278,8 @@ static void test_e2e_production_approval_gates_notify_sse_audit(void **state)
     /* 1. An artifact with a private key is rejected by gate 2; the value is nowhere. */
     char *leaky = sn_e2e_commit(&e, "staging", "src/deploy.pem", s_fake_key);
     assert_non_null(leaky);
-    run = sn_e2e_find_run(&e, "staging", leaky, 30000);
-    assert_non_null(run);
-    char *leaky_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
+    char *leaky_run = sn_e2e_run_id(&e, "staging", leaky, 30000);
+    assert_non_null(leaky_run);
     run = sn_e2e_wait_run(&e, leaky_run, RUN_TIMEOUT_MS);
     assert_non_null(run);
     assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_REJECTED);
@@ -431,11 +425,9 @@ static void test_e2e_timeout_supersede_cancel(void **state)
 {
     sn_e2e_t e;
     assert_true(sn_e2e_start(&e, "e2equeue", NULL));
-    Sentinel__V1__Run *run = sn_e2e_find_run(&e, "staging", NULL, 30000);
-    assert_non_null(run);
-    char *seed_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
-    run = sn_e2e_wait_run(&e, seed_run, RUN_TIMEOUT_MS);
+    char *seed_run = sn_e2e_run_id(&e, "staging", NULL, 30000);
+    assert_non_null(seed_run);
+    Sentinel__V1__Run *run = sn_e2e_wait_run(&e, seed_run, RUN_TIMEOUT_MS);
     assert_non_null(run);
     assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_SUCCEEDED);
     sentinel__v1__run__free_unpacked(run, NULL);
@@ -447,10 +439,8 @@ static void test_e2e_timeout_supersede_cancel(void **state)
     /* 1. A build that hangs is killed at its timeout (8 s here); the run says so. */
     char *hang = sn_e2e_commit(&e, "staging", "build.sh", "#!/bin/sh\nsleep 1000\n");
     assert_non_null(hang);
-    run = sn_e2e_find_run(&e, "staging", hang, 30000);
-    assert_non_null(run);
-    char *hang_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
+    char *hang_run = sn_e2e_run_id(&e, "staging", hang, 30000);
+    assert_non_null(hang_run);
     int64_t t0 = sn_mono_ms();
     run = sn_e2e_wait_run(&e, hang_run, RUN_TIMEOUT_MS);
     assert_non_null(run);
@@ -463,23 +453,17 @@ static void test_e2e_timeout_supersede_cancel(void **state)
      * at a time, the older queued run superseded by the newer; cancel stops the first. */
     char *a = sn_e2e_commit(&e, "staging", "build.sh", "#!/bin/sh\nsleep 999\n");
     assert_non_null(a);
-    run = sn_e2e_find_run(&e, "staging", a, 30000);
-    assert_non_null(run);
-    char *a_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
+    char *a_run = sn_e2e_run_id(&e, "staging", a, 30000);
+    assert_non_null(a_run);
     char *b = sn_e2e_commit(&e, "staging", "build.sh", good_build);
     char *c = sn_e2e_commit(&e, "staging", "src/index.html",
                             "<html><body><h1>Hello from Sentinel</h1> third</body></html>\n");
     assert_non_null(b);
     assert_non_null(c);
-    run = sn_e2e_find_run(&e, "staging", b, 30000);
-    assert_non_null(run);
-    char *b_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
-    run = sn_e2e_find_run(&e, "staging", c, 30000);
-    assert_non_null(run);
-    char *c_run = sn_strdup(run->run_id);
-    sentinel__v1__run__free_unpacked(run, NULL);
+    char *b_run = sn_e2e_run_id(&e, "staging", b, 30000);
+    assert_non_null(b_run);
+    char *c_run = sn_e2e_run_id(&e, "staging", c, 30000);
+    assert_non_null(c_run);
     run = sn_e2e_wait_run(&e, b_run, 30000);
     assert_non_null(run);
     assert_int_equal(run->state, SENTINEL__V1__RUN_STATE__RUN_SUPERSEDED);

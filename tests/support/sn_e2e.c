@@ -278,6 +278,15 @@ Sentinel__V1__Run *sn_e2e_find_run(sn_e2e_t *self, const char *env, const char *
     return NULL;
 }
 
+char *sn_e2e_run_id(sn_e2e_t *self, const char *env, const char *sha, int timeout_ms)
+{
+    Sentinel__V1__Run *run = sn_e2e_find_run(self, env, sha, timeout_ms);
+    char *id = run ? sn_strdup(run->run_id) : NULL;
+    if (run)
+        sentinel__v1__run__free_unpacked(run, NULL);
+    return id;
+}
+
 static bool s_is_terminal(int state)
 {
     return state >= SENTINEL__V1__RUN_STATE__RUN_SUCCEEDED;

@@ -41,6 +41,8 @@ char *sn_e2e_commit(sn_e2e_t *self, const char *branch, const char *path, const 
  * it to exist. Caller frees with sentinel__v1__run__free_unpacked. */
 Sentinel__V1__Run *sn_e2e_find_run(sn_e2e_t *self, const char *env, const char *sha,
                                    int timeout_ms);
+/* The id of that run (caller frees), or NULL if none appeared within @timeout_ms. */
+char *sn_e2e_run_id(sn_e2e_t *self, const char *env, const char *sha, int timeout_ms);
 /* Waits until run @run_id is terminal; returns it (caller frees) or NULL on timeout. */
 Sentinel__V1__Run *sn_e2e_wait_run(sn_e2e_t *self, const char *run_id, int timeout_ms);
 Sentinel__V1__Run *sn_e2e_load_run(sn_e2e_t *self, const char *run_id);

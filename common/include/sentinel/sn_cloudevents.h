@@ -44,8 +44,8 @@ typedef struct {
 /* The CDEvents type for Sentinel event @type, or NULL if none is defined (static). */
 const char *sn_cloudevents_cdevent_type(const char *type);
 
-/* Writes into @out the CloudEvent type @env gets (its CDEvents type when the body allows
- * one, else "dev.sentinel.<type>"). Truncates to @out_len. */
+/* Writes into @out the CloudEvent type of @env: its CDEvents type when the body allows
+ * one, else "dev.sentinel.<type>". Truncates to @out_len. */
 void sn_cloudevents_type(const sn_envelope_t *env, char *out, size_t out_len);
 
 /* The CDEvent (context, subject, customData) for @env (borrowed), or NULL when @env has
