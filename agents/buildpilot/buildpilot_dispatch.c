@@ -293,8 +293,8 @@ static void s_send(bp_t *st, sn_ctx_t *ctx, bp_run_t *br, bp_call_t *c, uint32_t
         } else if (c->is_retrying) {
             service = sn_strdup("heal.retry");
         } else {
-            const char *host = t && !bp_str_empty(t->host) ? t->host : sn_ctx_host(ctx);
-            service = sn_strdupf("deploy.local.%s", host);
+            service = t ? sn_config_deploy_service(t, sn_ctx_host(ctx))
+                        : sn_strdupf("deploy.local.%s", sn_ctx_host(ctx));
         }
         env.type = "deploy.request";
         env.body_case = SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST;

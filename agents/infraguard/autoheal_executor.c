@@ -518,12 +518,15 @@ static sn_rc_t s_audit(sn_ctx_t *ctx, s_pending_t *p, const char *phase, const c
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-/* "deploy.local.<host>": the target's configured host, else this process's host. */
+/* The target's deployer (sn_config_deploy_service): "deploy.local.<host>" with the
+ * target's host, else this process's host; "deploy.cloudflare" and the like for cloud
+ * targets. An unknown target goes to this host's local deployer, which refuses it. */
 static char *s_deploy_service(sn_ctx_t *ctx, const char *target)
 {
     const sn_target_config_t *t = sn_config_target(sn_ctx_config(ctx), target);
-    const char *host = t && t->host && *t->host ? t->host : sn_ctx_host(ctx);
-    return sn_strdupf("deploy.local.%s", host);
+    if (!t)
+        return sn_strdupf("deploy.local.%s", sn_ctx_host(ctx));
+    return sn_config_deploy_service(t, sn_ctx_host(ctx));
 }
 
 /* "invalid" and "forbidden" will not change on a retry; a lost worker, overload, an

@@ -265,7 +265,9 @@ static const s_field_t s_check_rows[] = {
 };
 static const s_section_t s_check_section = S_SECTION(sn_check_config_t, s_check_rows, NULL);
 
-static const char *const s_target_types[] = {"local_static", "local_command", NULL};
+static const char *const s_target_types[] = {"local_static", "local_command", "cloudflare_pages",
+                                             "firebase",     "railway",       NULL};
+static const char *const s_token_kinds[] = {"bearer", "project", NULL};
 
 static const s_field_t s_target_rows[] = {
     S_ROW_NAME(sn_target_config_t),
@@ -284,6 +286,32 @@ static const s_field_t s_target_rows[] = {
     S_ROW_DUR(sn_target_config_t, command_timeout_ms, "command_timeout_ms", 1, 100, S_DAY_MS,
               "120000"),
     S_ROW_MAP(sn_target_config_t, check, "check", &s_check_section),
+    S_ROW_CHECKED(sn_target_config_t, api_base, "api_base", NULL, s_check_http_url, false),
+    S_ROW_STR(sn_target_config_t, token, "token", NULL, false),
+    S_ROW_ENUM(sn_target_config_t, token_kind, "token_kind", s_token_kinds, "bearer"),
+    S_ROW_STR(sn_target_config_t, account_id, "account_id", NULL, false),
+    S_ROW_STR(sn_target_config_t, project, "project", NULL, false),
+    S_ROW_STR(sn_target_config_t, production_branch, "production_branch", "main", false),
+    S_ROW_STR(sn_target_config_t, service_id, "service_id", NULL, false),
+    S_ROW_STR(sn_target_config_t, environment_id, "environment_id", NULL, false),
+    S_ROW_STR(sn_target_config_t, site, "site", NULL, false),
+    S_ROW_STR(sn_target_config_t, credentials_file, "credentials_file", NULL, false),
+    S_ROW_CHECKED(sn_target_config_t, oauth_token_uri, "oauth_token_uri", NULL, s_check_http_url,
+                  false),
+    S_ROW_CHECKED(sn_target_config_t, functions_api_base, "functions_api_base", NULL,
+                  s_check_http_url, false),
+    S_ROW_STR(sn_target_config_t, region, "region", "us-central1", false),
+    S_ROW_DUR(sn_target_config_t, request_timeout_ms, "request_timeout_ms", 1, 100, 3600000,
+              "30000"),
+    S_ROW_INT(sn_target_config_t, max_attempts, "max_attempts", 1, 100, "5"),
+    S_ROW_DUR(sn_target_config_t, poll_interval_ms, "poll_interval_ms", 1, 10, 600000, "1000"),
+    S_ROW_INT(sn_target_config_t, budget_requests, "budget_requests", 1, 100000000, "1200"),
+    S_ROW_DUR(sn_target_config_t, budget_window_s, "budget_window_s", 1000, 1, 86400, "300"),
+    S_ROW_INT(sn_target_config_t, budget_deploys_per_day, "budget_deploys_per_day", 0,
+              INT64_C(1) << 40, "0"),
+    S_ROW_INT(sn_target_config_t, budget_upload_bytes, "budget_upload_bytes", 0, INT64_C(1) << 50,
+              "0"),
+    S_ROW_INT(sn_target_config_t, budget_function_count, "budget_function_count", 0, 100000, "0"),
 };
 static const s_section_t s_target_section = S_SECTION(sn_target_config_t, s_target_rows, NULL);
 
@@ -309,11 +337,17 @@ static const s_field_t s_environment_rows[] = {
     S_ROW_DUR(sn_environment_config_t, step_timeout_s, "step_timeout_s", 1000, 1, 7 * 86400, "600"),
     S_ROW_DUR(sn_environment_config_t, approval_timeout_s, "approval_timeout_s", 1000, 1,
               30 * 86400, "86400"),
+    S_ROW_LIST(sn_environment_config_t, required_workflows, "required_workflows", NULL, false),
+    S_ROW_BOOL(sn_environment_config_t, require_branch_protection, "require_branch_protection",
+               "false"),
+    S_ROW_INT(sn_environment_config_t, required_approvals, "required_approvals", 0, 100, "0"),
 };
 static const s_section_t s_environment_section =
     S_SECTION(sn_environment_config_t, s_environment_rows, NULL);
 
-static const char *const s_source_types[] = {"local", NULL};
+static const char *const s_source_types[] = {"local", "github", NULL};
+static const char *const s_artifact_froms[] = {"github", "local", NULL};
+static const char *s_check_github_repo(const char *value);
 
 static const s_field_t s_project_rows[] = {
     S_ROW_NAME(sn_project_config_t),
@@ -333,23 +367,89 @@ static const s_field_t s_project_rows[] = {
     S_ROW_INT(sn_project_config_t, build_max_procs, "build_max_procs", 1, 1000000, "256"),
     S_ROW_SEQ(sn_project_config_t, environments, environment_count, "environments",
               &s_environment_section),
+    S_ROW_CHECKED(sn_project_config_t, github_repo, "github_repo", NULL, s_check_github_repo,
+                  false),
+    S_ROW_ENUM(sn_project_config_t, artifact_from, "artifact_from", s_artifact_froms, "github"),
+    S_ROW_STR(sn_project_config_t, artifact_name, "artifact_name", "site", false),
 };
 static const s_section_t s_project_section = S_SECTION(sn_project_config_t, s_project_rows, NULL);
 
-static const char *const s_channel_types[] = {"log", "file", "webhook", NULL};
+static const char *const s_channel_types[] = {"log",   "file",    "webhook", "telegram",
+                                              "slack", "discord", "email",   NULL};
+static const char *s_check_channel_url(const char *value);
 static const char *const s_severities[] = {"info", "warning", "critical", NULL};
 
 static const s_field_t s_channel_rows[] = {
     S_ROW_NAME(sn_channel_config_t),
     S_ROW_ENUM_REQ(sn_channel_config_t, type, "type", s_channel_types),
     S_ROW_STR(sn_channel_config_t, path, "path", NULL, false),
-    S_ROW_CHECKED(sn_channel_config_t, url, "url", NULL, s_check_http_url, false),
+    /* checked in s_finish_channels, never printed: a Slack / Discord URL is a secret */
+    S_ROW_STR(sn_channel_config_t, url, "url", NULL, false),
     S_ROW_STR(sn_channel_config_t, secret, "secret", NULL, false),
     S_ROW_ENUM(sn_channel_config_t, min_severity, "min_severity", s_severities, "info"),
     S_ROW_DUR(sn_channel_config_t, timeout_ms, "timeout_ms", 1, 100, 600000, "5000"),
     S_ROW_INT(sn_channel_config_t, max_attempts, "max_attempts", 1, 100, "5"),
+    S_ROW_CHECKED(sn_channel_config_t, api_base, "api_base", NULL, s_check_http_url, false),
+    S_ROW_STR(sn_channel_config_t, token, "token", NULL, false),
+    S_ROW_STR(sn_channel_config_t, chat_id, "chat_id", NULL, false),
+    S_ROW_STR(sn_channel_config_t, username, "username", NULL, false),
+    S_ROW_STR(sn_channel_config_t, password, "password", NULL, false),
+    S_ROW_STR(sn_channel_config_t, from, "from", NULL, false),
+    S_ROW_LIST(sn_channel_config_t, to, "to", NULL, false),
+    S_ROW_BOOL(sn_channel_config_t, starttls, "starttls", "true"),
 };
 static const s_section_t s_channel_section = S_SECTION(sn_channel_config_t, s_channel_rows, NULL);
+
+/* Routes nest: the section refers to itself (a tentative definition, completed below). */
+static const s_section_t s_route_section;
+static const char *s_check_matcher(const char *value);
+
+static const s_field_t s_route_rows[] = {
+    S_ROW_LIST(sn_route_config_t, channels, "channels", s_check_name, false),
+    S_ROW_LIST(sn_route_config_t, match, "match", s_check_matcher, false),
+    S_ROW_LIST(sn_route_config_t, group_by, "group_by", NULL, false),
+    S_ROW_DUR(sn_route_config_t, group_wait_ms, "group_wait_ms", 1, -1, S_DAY_MS, "-1"),
+    S_ROW_DUR(sn_route_config_t, group_interval_ms, "group_interval_ms", 1, -1, 7 * S_DAY_MS, "-1"),
+    S_ROW_DUR(sn_route_config_t, repeat_interval_ms, "repeat_interval_ms", 1, -1, 30 * S_DAY_MS,
+              "-1"),
+    S_ROW_BOOL(sn_route_config_t, continue_, "continue", "false"),
+    S_ROW_SEQ(sn_route_config_t, routes, route_count, "routes", &s_route_section),
+};
+static const s_section_t s_route_section = S_SECTION(sn_route_config_t, s_route_rows, NULL);
+
+static const s_field_t s_inhibit_rows[] = {
+    S_ROW_LIST(sn_inhibit_config_t, source_match, "source_match", s_check_matcher, false),
+    S_ROW_LIST(sn_inhibit_config_t, target_match, "target_match", s_check_matcher, false),
+    S_ROW_LIST(sn_inhibit_config_t, equal, "equal", NULL, false),
+};
+static const s_section_t s_inhibit_section = S_SECTION(sn_inhibit_config_t, s_inhibit_rows, NULL);
+
+static const s_field_t s_notify_rows[] = {
+    S_ROW_MAP(sn_notify_config_t, route, "route", &s_route_section),
+    S_ROW_SEQ(sn_notify_config_t, inhibit_rules, inhibit_count, "inhibit_rules",
+              &s_inhibit_section),
+};
+static const s_section_t s_notify_section = S_SECTION(sn_notify_config_t, s_notify_rows, NULL);
+
+/* Secrets (token, webhook_secret) have no check function: no error prints them. */
+static const s_field_t s_github_rows[] = {
+    S_ROW_CHECKED(sn_github_config_t, api_base, "api_base", "https://api.github.com",
+                  s_check_http_url, false),
+    S_ROW_STR(sn_github_config_t, token, "token", NULL, false),
+    S_ROW_STR(sn_github_config_t, app_id, "app_id", NULL, false),
+    S_ROW_STR(sn_github_config_t, installation_id, "installation_id", NULL, false),
+    S_ROW_STR(sn_github_config_t, private_key_file, "private_key_file", NULL, false),
+    S_ROW_STR(sn_github_config_t, webhook_secret, "webhook_secret", NULL, false),
+    S_ROW_INT(sn_github_config_t, max_webhook_bytes, "max_webhook_bytes", 1024, INT64_C(1) << 30,
+              "26214400"),
+    S_ROW_DUR(sn_github_config_t, request_timeout_ms, "request_timeout_ms", 1, 100, 600000,
+              "15000"),
+    S_ROW_INT(sn_github_config_t, max_attempts, "max_attempts", 1, 100, "5"),
+    S_ROW_DUR(sn_github_config_t, max_wait_s, "max_wait_s", 1000, 0, 86400, "900"),
+    S_ROW_STR(sn_github_config_t, status_context, "status_context", "sentinel", false),
+    S_ROW_CHECKED(sn_github_config_t, public_url, "public_url", NULL, s_check_http_url, false),
+};
+static const s_section_t s_github_section = S_SECTION(sn_github_config_t, s_github_rows, NULL);
 
 static const char *const s_token_roles[] = {"viewer", "operator", "admin", "agent", NULL};
 
@@ -403,6 +503,8 @@ static const s_field_t s_top_rows[] = {
     S_ROW_SEQ(sn_config_t, targets, target_count, "targets", &s_target_section),
     S_ROW_SEQ(sn_config_t, channels, channel_count, "channels", &s_channel_section),
     S_ROW_MAP(sn_config_t, gateway, "gateway", &s_gateway_section),
+    S_ROW_MAP(sn_config_t, notify, "notify", &s_notify_section),
+    S_ROW_MAP(sn_config_t, github, "github", &s_github_section),
     /* defaults under state_dir, filled in by s_finish */
     S_ROW_STR(sn_config_t, artifact_dir, "artifact_dir", NULL, false),
     S_ROW_MAP(sn_config_t, artifact_source, "artifact_source", &s_artifact_source_section),
@@ -525,6 +627,26 @@ const sn_environment_config_t *sn_config_environment(const sn_project_config_t *
         if (strcmp(project->environments[i].name, name) == 0)
             return &project->environments[i];
     return NULL;
+}
+
+char *sn_config_deploy_service(const sn_target_config_t *target, const char *default_host)
+{
+    SN_ASSERT(target);
+    if (strcmp(target->type, "cloudflare_pages") == 0)
+        return sn_strdup("deploy.cloudflare");
+    if (strcmp(target->type, "railway") == 0)
+        return sn_strdup("deploy.railway");
+    if (strcmp(target->type, "firebase") == 0)
+        return sn_strdup("deploy.firebase");
+    const char *host = target->host && target->host[0] ? target->host : default_host;
+    return sn_strdupf("deploy.local.%s", host ? host : "");
+}
+
+bool sn_config_target_is_cloud(const sn_target_config_t *target)
+{
+    return target &&
+           (strcmp(target->type, "cloudflare_pages") == 0 || strcmp(target->type, "railway") == 0 ||
+            strcmp(target->type, "firebase") == 0);
 }
 
 const sn_target_config_t *sn_config_target(const sn_config_t *cfg, const char *name)
@@ -894,9 +1016,14 @@ static bool s_parse_int(const char *s, int64_t *out)
     return true;
 }
 
-/* "250ms", "5s", "2m", "1h", "1d" in milliseconds, or a bare number of @unit_ms units. */
+/* "250ms", "5s", "2m", "1h", "1d" in milliseconds, or a bare number of @unit_ms units.
+ * "-1" (= -1 unit) is accepted for the keys whose range allows it ("inherit"). */
 static bool s_parse_duration(const char *s, int64_t unit_ms, int64_t *out_ms)
 {
+    if (strcmp(s, "-1") == 0) {
+        *out_ms = -unit_ms;
+        return true;
+    }
     size_t n = 0;
     while (isdigit((unsigned char)s[n]))
         n++;
@@ -1108,7 +1235,7 @@ static sn_rc_t s_apply_default(s_ctx_t *ctx, const s_field_t *f, void *base, con
 static sn_rc_t s_apply_section(s_ctx_t *ctx, const s_section_t *sec, const s_node_t *node,
                                void *base, const char *path)
 {
-    const s_node_t *seen[32] = {0};
+    const s_node_t *seen[64] = {0};
     SN_ASSERT(sec->field_count <= SN_ARRAY_LEN(seen));
     if (node && node->type == S_NODE_SCALAR && sec->on_scalar && !s_is_null(node))
         return sec->on_scalar(ctx, node, base, path);
@@ -1371,6 +1498,50 @@ static const char *s_check_http_url(const char *v)
     return NULL;
 }
 
+/* http(s) for webhook-like channels, smtp(s) for email; the type check is in s_finish. */
+static const char *s_check_channel_url(const char *v)
+{
+    static const char *const why = "expected an http(s):// or smtp(s):// URL";
+    const char *rest = strncmp(v, "smtp://", 7) == 0    ? v + 7
+                       : strncmp(v, "smtps://", 8) == 0 ? v + 8
+                                                        : NULL;
+    if (!rest)
+        return s_check_http_url(v) ? why : NULL;
+    if (!rest[0] || rest[0] == '/')
+        return why;
+    for (const char *p = v; *p; p++)
+        if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p))
+            return why;
+    return NULL;
+}
+
+/* "owner/name": GitHub's characters (letters, digits, '-', '_', '.'), one slash. */
+static const char *s_check_github_repo(const char *v)
+{
+    static const char *const why = "expected owner/name";
+    const char *slash = strchr(v, '/');
+    if (!slash || slash == v || !slash[1] || strchr(slash + 1, '/'))
+        return why;
+    for (const char *p = v; *p; p++)
+        if (p != slash && !isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.')
+            return why;
+    return NULL;
+}
+
+/* "key=value" with a label key (severity, project, environment, target, type, or any
+ * [a-z_]+) and a non-empty value. */
+static const char *s_check_matcher(const char *v)
+{
+    static const char *const why = "expected key=value (e.g. severity=critical, type=deploy.*)";
+    const char *eq = strchr(v, '=');
+    if (!eq || eq == v || !eq[1])
+        return why;
+    for (const char *p = v; p < eq; p++)
+        if (!islower((unsigned char)*p) && *p != '_')
+            return why;
+    return NULL;
+}
+
 static bool s_is_env_name(const char *v, size_t n)
 {
     bool ok = n >= 1 && n <= 128 && (isalpha((unsigned char)v[0]) || v[0] == '_');
@@ -1518,6 +1689,39 @@ static sn_rc_t s_check_listen_clash(s_ctx_t *ctx, const sn_config_t *cfg, size_t
     return SN_OK;
 }
 
+/* A cloud target: what its provider needs, and the provider's public base URLs. */
+static sn_rc_t s_finish_cloud_target(s_ctx_t *ctx, sn_target_config_t *t, const s_node_t *tn,
+                                     const char *path)
+{
+    const char *missing = NULL;
+    const char *api = NULL;
+    if (strcmp(t->type, "cloudflare_pages") == 0) {
+        missing = !t->account_id ? "account_id"
+                  : !t->project  ? "project"
+                  : !t->token    ? "token"
+                                 : NULL;
+        api = "https://api.cloudflare.com/client/v4";
+    } else if (strcmp(t->type, "railway") == 0) {
+        missing = !t->service_id       ? "service_id"
+                  : !t->environment_id ? "environment_id"
+                  : !t->token          ? "token"
+                                       : NULL;
+        api = "https://backboard.railway.com/graphql/v2";
+    } else { /* firebase */
+        missing = !t->project ? "project" : !t->credentials_file ? "credentials_file" : NULL;
+        api = "https://firebasehosting.googleapis.com/v1beta1";
+        if (!t->site && t->project)
+            t->site = sn_strdup(t->project);
+        if (!t->functions_api_base)
+            t->functions_api_base = sn_strdup("https://cloudfunctions.googleapis.com/v2");
+    }
+    if (missing) /* never print the values: token may hold a resolved secret */
+        return s_fail(ctx, s_at(ctx, tn, NULL), path, "a %s target needs \"%s\"", t->type, missing);
+    if (!t->api_base)
+        t->api_base = sn_strdup(api);
+    return SN_OK;
+}
+
 static sn_rc_t s_finish_targets(s_ctx_t *ctx, sn_config_t *cfg)
 {
     const s_node_t *tnodes = s_map_get(ctx->root, "targets");
@@ -1539,13 +1743,15 @@ static sn_rc_t s_finish_targets(s_ctx_t *ctx, sn_config_t *cfg)
             if (s_check_listen_clash(ctx, cfg, i, 0, tnodes) != SN_OK ||
                 s_check_listen_clash(ctx, cfg, i, 1, tnodes) != SN_OK)
                 return SN_ERROR;
-        } else {
+        } else if (strcmp(t->type, "local_command") == 0) {
             const char *missing = !t->stage_command     ? "stage_command"
                                   : !t->promote_command ? "promote_command"
                                                         : NULL;
             if (missing)
                 return s_fail(ctx, s_at(ctx, tn, NULL), path, "a local_command target needs \"%s\"",
                               missing);
+        } else if (s_finish_cloud_target(ctx, t, tn, path) != SN_OK) {
+            return SN_ERROR;
         }
         if (t->check.dns_expect && !t->check.dns_name) {
             snprintf(path, sizeof path, "targets[%zu].check.dns_expect", i);
@@ -1621,6 +1827,13 @@ static sn_rc_t s_finish_projects(s_ctx_t *ctx, sn_config_t *cfg)
         if (strcmp(p->source_type, "local") == 0 && !p->repo)
             return s_fail(ctx, s_at(ctx, pn, NULL), path,
                           "source_type local needs \"repo\" (the path of a git repository)");
+        if (strcmp(p->source_type, "github") == 0 && !p->github_repo)
+            return s_fail(ctx, s_at(ctx, pn, NULL), path,
+                          "source_type github needs \"github_repo\" (owner/name)");
+        if (strcmp(p->source_type, "github") == 0 && strcmp(p->artifact_from, "local") == 0 &&
+            !p->repo)
+            return s_fail(ctx, s_at(ctx, pn, NULL), path,
+                          "artifact_from local needs \"repo\" (the URL to clone)");
         snprintf(path, sizeof path, "projects[%zu].environments", i);
         const s_node_t *enodes = s_map_get(pn, "environments");
         if (s_unique_names(ctx, p->environments, p->environment_count,
@@ -1644,12 +1857,36 @@ static sn_rc_t s_finish_channels(s_ctx_t *ctx, sn_config_t *cfg)
         const sn_channel_config_t *c = &cfg->channels[i];
         char path[S_PATH_LEN];
         snprintf(path, sizeof path, "channels[%zu]", i);
-        const char *missing = strcmp(c->type, "file") == 0 && !c->path     ? "path"
-                              : strcmp(c->type, "webhook") == 0 && !c->url ? "url"
-                                                                           : NULL;
+        sn_channel_config_t *w = &cfg->channels[i];
+        bool is_smtp =
+            c->url && (strncmp(c->url, "smtp://", 7) == 0 || strncmp(c->url, "smtps://", 8) == 0);
+        bool is_email = strcmp(c->type, "email") == 0;
+        bool needs_url = strcmp(c->type, "webhook") == 0 || strcmp(c->type, "slack") == 0 ||
+                         strcmp(c->type, "discord") == 0 || is_email;
+        const char *missing = strcmp(c->type, "file") == 0 && !c->path          ? "path"
+                              : needs_url && !c->url                            ? "url"
+                              : strcmp(c->type, "telegram") == 0 && !c->token   ? "token"
+                              : strcmp(c->type, "telegram") == 0 && !c->chat_id ? "chat_id"
+                              : is_email && !c->from                            ? "from"
+                              : is_email && !c->to[0]                           ? "to"
+                                                                                : NULL;
+        const s_node_t *cn = s_seq_item(cnodes, i);
         if (missing) /* never print the channel's values: secret may hold a resolved key */
-            return s_fail(ctx, s_at(ctx, s_seq_item(cnodes, i), NULL), path,
-                          "a %s channel needs \"%s\"", c->type, missing);
+            return s_fail(ctx, s_at(ctx, cn, NULL), path, "a %s channel needs \"%s\"", c->type,
+                          missing);
+        const char *bad_url = c->url ? s_check_channel_url(c->url) : NULL;
+        if (bad_url) {
+            snprintf(path, sizeof path, "channels[%zu].url", i);
+            return s_fail(ctx, s_at(ctx, cn, "url"), path, "%s", bad_url);
+        }
+        if (c->url && is_email != is_smtp) {
+            snprintf(path, sizeof path, "channels[%zu].url", i);
+            return s_fail(ctx, s_at(ctx, cn, "url"), path,
+                          is_email ? "an email channel needs an smtp:// or smtps:// URL"
+                                   : "expected an http:// or https:// URL");
+        }
+        if (strcmp(c->type, "telegram") == 0 && !c->api_base)
+            w->api_base = sn_strdup("https://api.telegram.org");
     }
     return SN_OK;
 }
@@ -1676,12 +1913,66 @@ static sn_rc_t s_finish_gateway(s_ctx_t *ctx, sn_config_t *cfg)
     return SN_OK;
 }
 
+/* A route's channels must exist; the root's unset timings get Alertmanager's defaults. */
+static sn_rc_t s_finish_route(s_ctx_t *ctx, const sn_config_t *cfg, const sn_route_config_t *r,
+                              const s_node_t *rn, const char *path)
+{
+    for (size_t k = 0; r->channels[k]; k++) {
+        bool found = false;
+        for (size_t c = 0; c < cfg->channel_count && !found; c++)
+            found = strcmp(cfg->channels[c].name, r->channels[k]) == 0;
+        if (!found) {
+            char p[S_PATH_LEN];
+            snprintf(p, sizeof p, "%s.channels[%zu]", path, k);
+            return s_fail(ctx, s_at(ctx, rn, "channels"), p, "no channel named \"%s\"",
+                          r->channels[k]);
+        }
+    }
+    const s_node_t *kids = s_map_get(rn, "routes");
+    for (size_t i = 0; i < r->route_count; i++) {
+        char p[S_PATH_LEN];
+        snprintf(p, sizeof p, "%s.routes[%zu]", path, i);
+        const s_node_t *kn = s_seq_item(kids, i);
+        if (s_finish_route(ctx, cfg, &r->routes[i], kn ? kn : rn, p) != SN_OK)
+            return SN_ERROR;
+    }
+    return SN_OK;
+}
+
+static sn_rc_t s_finish_notify(s_ctx_t *ctx, sn_config_t *cfg)
+{
+    sn_route_config_t *root = &cfg->notify.route;
+    if (root->group_wait_ms < 0)
+        root->group_wait_ms = 30000;
+    if (root->group_interval_ms < 0)
+        root->group_interval_ms = 300000;
+    if (root->repeat_interval_ms < 0)
+        root->repeat_interval_ms = 14400000;
+    if (!root->group_by[0]) {
+        free(root->group_by);
+        root->group_by = sn_calloc(4, sizeof *root->group_by);
+        root->group_by[0] = sn_strdup("project");
+        root->group_by[1] = sn_strdup("environment");
+        root->group_by[2] = sn_strdup("type");
+    }
+    const s_node_t *nn = s_map_get(ctx->root, "notify");
+    const s_node_t *rn = s_map_get(nn, "route");
+    return s_finish_route(ctx, cfg, root, rn ? rn : ctx->root, "notify.route");
+}
+
 /* The pipeline sections: cross-field checks and derived defaults. */
 static sn_rc_t s_finish_pipeline(s_ctx_t *ctx, sn_config_t *cfg)
 {
     if (s_finish_targets(ctx, cfg) != SN_OK || s_finish_projects(ctx, cfg) != SN_OK ||
-        s_finish_channels(ctx, cfg) != SN_OK || s_finish_gateway(ctx, cfg) != SN_OK)
+        s_finish_channels(ctx, cfg) != SN_OK || s_finish_gateway(ctx, cfg) != SN_OK ||
+        s_finish_notify(ctx, cfg) != SN_OK)
         return SN_ERROR;
+    sn_github_config_t *gh = &cfg->github;
+    if (gh->app_id && (!gh->installation_id || !gh->private_key_file))
+        return s_fail(ctx, s_locate(ctx, "github", "app_id"), "github.app_id",
+                      "a GitHub App needs \"installation_id\" and \"private_key_file\"");
+    if (!gh->public_url)
+        gh->public_url = sn_strdupf("http://%s", cfg->gateway.listen);
     const sn_artifact_source_config_t *as = &cfg->artifact_source;
     if (!as->url && s_map_get(ctx->root, "artifact_source") &&
         !s_is_null(s_map_get(ctx->root, "artifact_source")))

@@ -366,7 +366,7 @@ static void test_sn_config_key_errors(void **state)
         "pipelines: []\n",
         "t.yml:1:1: pipelines: unknown key \"pipelines\" (valid keys: namespace, state_dir, "
         "log_level, broker, redis, runtime, retention, processes, projects, targets, channels, "
-        "gateway, "
+        "gateway, notify, github, "
         "artifact_dir, artifact_source, audit_archive, audit_key_file)");
     s_expect_error("namespace: a\nstate_dir: b\nnamespace: c\n",
                    "t.yml:3:1: namespace: duplicate key (first at line 1, column 1)");
@@ -913,8 +913,11 @@ static void test_sn_config_pipeline_value_errors(void **state)
     s_expect_error("projects:\n  - name: ../x\n    repo: /r\n",
                    "t.yml:2:11: projects[0].name: expected a name of 1 to 64 letters, digits, "
                    "'.', '_' or '-' starting with a letter or digit, got \"../x\"");
+    s_expect_error(
+        "projects:\n  - name: p\n    repo: /r\n    source_type: svn\n",
+        "t.yml:4:18: projects[0].source_type: expected one of local, github, got \"svn\"");
     s_expect_error("projects:\n  - name: p\n    repo: /r\n    source_type: github\n",
-                   "t.yml:4:18: projects[0].source_type: expected one of local, got \"github\"");
+                   "t.yml:2:5: projects[0]: source_type github needs \"github_repo\" (owner/name)");
     s_expect_error("projects:\n  - name: p\n    repo: /r\n    build_output: ../out\n",
                    "t.yml:4:19: projects[0].build_output: expected a relative path inside the "
                    "checkout (no \"..\"), got \"../out\"");
@@ -952,6 +955,7 @@ static void test_sn_config_pipeline_value_errors(void **state)
                    "t.yml:2:5: targets[0]: missing required key \"type\"");
     s_expect_error("targets:\n  - {name: t, type: k8s}\n",
                    "t.yml:2:21: targets[0].type: expected one of local_static, local_command, "
+                   "cloudflare_pages, firebase, railway, "
                    "got \"k8s\"");
     s_expect_error("targets:\n  - {name: t, type: local_static, listen: \"8080\"}\n",
                    "t.yml:2:43: targets[0].listen: expected host:port (e.g. \"127.0.0.1:8080\" "
@@ -975,13 +979,14 @@ static void test_sn_config_pipeline_value_errors(void **state)
                    "t.yml:2:59: targets[0].check.dns_resolvers[0]: expected host:port (e.g. "
                    "\"127.0.0.1:8080\" or \"[::1]:8080\"), got \"x\"");
     s_expect_error("channels:\n  - {name: c, type: sms}\n",
-                   "t.yml:2:21: channels[0].type: expected one of log, file, webhook, got \"sms\"");
+                   "t.yml:2:21: channels[0].type: expected one of log, file, webhook, telegram, "
+                   "slack, discord, email, got \"sms\"");
     s_expect_error("channels:\n  - {name: c, type: log, min_severity: debug}\n",
                    "t.yml:2:40: channels[0].min_severity: expected one of info, warning, critical, "
                    "got \"debug\"");
     s_expect_error("channels:\n  - {name: c, type: webhook, url: \"file:///etc/passwd\"}\n",
-                   "t.yml:2:35: channels[0].url: expected an http:// or https:// URL, got "
-                   "\"file:///etc/passwd\"");
+                   /* the value is not printed: a chat webhook URL is a secret */
+                   "t.yml:2:35: channels[0].url: expected an http(s):// or smtp(s):// URL");
     s_expect_error("gateway:\n  tokens:\n    - {name: a, sha256: abc, role: admin}\n",
                    "t.yml:3:25: gateway.tokens[0].sha256: expected the token's SHA-256 as 64 hex "
                    "characters, got \"abc\"");
@@ -1116,6 +1121,125 @@ static void test_sn_config_pipeline_cross_errors(void **state)
 
 /* A resolved ${env:...} secret never appears in an error message. */
 /* artifact_source: where a local-deployer fetches artifacts built on another host. */
+/* Issue 4/5 sections: cloud targets, GitHub projects and connection, chat channels, the
+ * notification route tree. */
+static void test_sn_config_cloud_github_notify(void **state)
+{
+    (void)state;
+    sn_config_t cfg;
+    setenv("SN_TEST_CF_TOKEN", "cf-s3cr3t", 1);
+    assert_int_equal(
+        s_load("targets:\n"
+               "  - {name: cf, type: cloudflare_pages, account_id: acc, project: site,\n"
+               "     token: \"${env:SN_TEST_CF_TOKEN}\", budget_requests: 40}\n"
+               "  - {name: rw, type: railway, service_id: s, environment_id: e, token: t,\n"
+               "     token_kind: project, api_base: \"http://127.0.0.1:9/graphql/v2\"}\n"
+               "  - {name: fb, type: firebase, project: proj, credentials_file: /k.json}\n"
+               "projects:\n"
+               "  - name: web\n"
+               "    source_type: github\n"
+               "    github_repo: octo-org/hello.site\n"
+               "    environments:\n"
+               "      - name: production\n"
+               "        branch: main\n"
+               "        required_workflows: [CI, e2e]\n"
+               "        require_branch_protection: true\n"
+               "        required_approvals: 1\n"
+               "        targets: [cf, rw, fb]\n"
+               "channels:\n"
+               "  - {name: tg, type: telegram, token: \"1:abc\", chat_id: \"-100\"}\n"
+               "  - {name: mail, type: email, url: \"smtp://127.0.0.1:2525\", from: s@x.org,\n"
+               "     to: [ops@x.org]}\n"
+               "  - {name: sl, type: slack, url: \"https://hooks.slack.com/services/T/B/X\"}\n"
+               "notify:\n"
+               "  route:\n"
+               "    group_wait_ms: 2s\n"
+               "    routes:\n"
+               "      - match: [severity=critical]\n"
+               "        channels: [tg, sl]\n"
+               "        continue: true\n"
+               "        routes:\n"
+               "          - {match: [\"type=deploy.*\"], group_interval_ms: 1m}\n"
+               "  inhibit_rules:\n"
+               "    - {source_match: [severity=critical], target_match: [severity=warning],\n"
+               "       equal: [project, environment]}\n"
+               "github:\n"
+               "  token: ghp_x\n"
+               "  webhook_secret: s\n",
+               &cfg),
+        SN_OK);
+    const sn_target_config_t *cf = sn_config_target(&cfg, "cf");
+    assert_string_equal(cf->api_base, "https://api.cloudflare.com/client/v4");
+    assert_string_equal(cf->token, "cf-s3cr3t");
+    assert_int_equal(cf->budget_requests, 40);
+    assert_int_equal(cf->budget_window_s, 300);
+    assert_int_equal(cf->request_timeout_ms, 30000);
+    assert_string_equal(cf->production_branch, "main");
+    const sn_target_config_t *rw = sn_config_target(&cfg, "rw");
+    assert_string_equal(rw->token_kind, "project");
+    assert_string_equal(rw->api_base, "http://127.0.0.1:9/graphql/v2");
+    const sn_target_config_t *fb = sn_config_target(&cfg, "fb");
+    assert_string_equal(fb->site, "proj");
+    assert_string_equal(fb->region, "us-central1");
+    assert_string_equal(fb->functions_api_base, "https://cloudfunctions.googleapis.com/v2");
+    char *svc = sn_config_deploy_service(cf, "h1");
+    assert_string_equal(svc, "deploy.cloudflare");
+    free(svc);
+    svc = sn_config_deploy_service(fb, "h1");
+    assert_string_equal(svc, "deploy.firebase");
+    free(svc);
+    assert_true(sn_config_target_is_cloud(rw));
+    const sn_project_config_t *p = sn_config_project(&cfg, "web");
+    assert_string_equal(p->artifact_from, "github");
+    assert_string_equal(p->artifact_name, "site");
+    const sn_environment_config_t *e = sn_config_environment(p, "production");
+    assert_string_equal(e->required_workflows[1], "e2e");
+    assert_true(e->require_branch_protection);
+    assert_int_equal(e->required_approvals, 1);
+    assert_string_equal(cfg.channels[0].api_base, "https://api.telegram.org");
+    assert_true(cfg.channels[1].starttls);
+    assert_string_equal(cfg.channels[1].to[0], "ops@x.org");
+    const sn_route_config_t *root = &cfg.notify.route;
+    assert_int_equal(root->group_wait_ms, 2000);
+    assert_int_equal(root->group_interval_ms, 300000);
+    assert_int_equal(root->repeat_interval_ms, 14400000);
+    assert_string_equal(root->group_by[2], "type");
+    assert_int_equal(root->route_count, 1);
+    assert_true(root->routes[0].continue_);
+    assert_int_equal(root->routes[0].group_wait_ms, -1); /* inherits */
+    assert_int_equal(root->routes[0].routes[0].group_interval_ms, 60000);
+    assert_string_equal(root->routes[0].routes[0].match[0], "type=deploy.*");
+    assert_int_equal(cfg.notify.inhibit_count, 1);
+    assert_string_equal(cfg.notify.inhibit_rules[0].equal[1], "environment");
+    assert_string_equal(cfg.github.api_base, "https://api.github.com");
+    assert_string_equal(cfg.github.public_url, "http://127.0.0.1:8700");
+    assert_int_equal(cfg.github.max_wait_s, 900);
+    sn_config_fini(&cfg);
+
+    /* errors: never print a token */
+    s_expect_error("targets:\n  - {name: cf, type: cloudflare_pages, account_id: a, project: p}\n",
+                   "t.yml:2:5: targets[0]: a cloudflare_pages target needs \"token\"");
+    s_expect_error("targets:\n  - {name: r, type: railway, service_id: s, token: t}\n",
+                   "t.yml:2:5: targets[0]: a railway target needs \"environment_id\"");
+    s_expect_error(
+        "channels:\n  - {name: m, type: email, url: \"http://x\", from: a, to: [b]}\n",
+        "t.yml:2:33: channels[0].url: an email channel needs an smtp:// or smtps:// URL");
+    s_expect_error("channels:\n  - {name: w, type: webhook, url: \"smtp://x\"}\n",
+                   "t.yml:2:35: channels[0].url: expected an http:// or https:// URL");
+    s_expect_error("channels:\n  - {name: t, type: telegram, token: \"1:abc\"}\n",
+                   "t.yml:2:5: channels[0]: a telegram channel needs \"chat_id\"");
+    s_expect_error("notify:\n  route:\n    routes:\n      - channels: [nope]\n",
+                   "t.yml:4:19: notify.route.routes[0].channels[0]: no channel named \"nope\"");
+    s_expect_error("notify:\n  route:\n    match: [severity]\n",
+                   "t.yml:3:13: notify.route.match[0]: expected key=value (e.g. severity=critical, "
+                   "type=deploy.*), got \"severity\"");
+    s_expect_error("projects:\n  - {name: p, source_type: github, github_repo: \"a/b/c\"}\n",
+                   "t.yml:2:49: projects[0].github_repo: expected owner/name, got \"a/b/c\"");
+    s_expect_error("github:\n  app_id: \"12\"\n",
+                   "t.yml:2:11: github.app_id: a GitHub App needs \"installation_id\" and "
+                   "\"private_key_file\"");
+}
+
 static void test_sn_config_artifact_source(void **state)
 {
     sn_config_t cfg;
@@ -1261,6 +1385,7 @@ int main(void)
         cmocka_unit_test(test_sn_config_pipeline_cross_errors),
         cmocka_unit_test(test_sn_config_secret_not_leaked),
         cmocka_unit_test(test_sn_config_artifact_source),
+        cmocka_unit_test(test_sn_config_cloud_github_notify),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

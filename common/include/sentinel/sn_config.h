@@ -107,6 +107,36 @@ typedef struct {
     char *rollback_command;
     int command_timeout_ms; /* default 120000 */
     sn_check_config_t check;
+    /* Cloud targets (issue 5): type cloudflare_pages | firebase | railway. Every client
+     * takes its base URL from here so tests point it at a loopback fake. */
+    char *api_base;                 /* provider API base; default the provider's public one:
+                                       cloudflare https://api.cloudflare.com/client/v4, railway
+                                       https://backboard.railway.com/graphql/v2, firebase hosting
+                                       https://firebasehosting.googleapis.com/v1beta1 */
+    char *token;                    /* cloudflare / railway API token, usually ${env:...}; never
+                                       logged, never in an error message */
+    char *token_kind;               /* railway: "bearer" (account/workspace token, default) |
+                                       "project" (Project-Access-Token header) */
+    char *account_id;               /* cloudflare */
+    char *project;                  /* cloudflare: Pages project name; railway: project id;
+                                       firebase: Google Cloud project id */
+    char *production_branch;        /* cloudflare: default "main" */
+    char *service_id;               /* railway */
+    char *environment_id;           /* railway */
+    char *site;                     /* firebase Hosting site id; default = project */
+    char *credentials_file;         /* firebase: service-account key JSON file */
+    char *oauth_token_uri;          /* firebase: overrides the key file's token_uri (tests) */
+    char *functions_api_base;       /* firebase: default https://cloudfunctions.googleapis.com/v2 */
+    char *region;                   /* firebase functions: default "us-central1" */
+    int request_timeout_ms;         /* each provider API call, default 30000 */
+    int max_attempts;               /* attempts per call (only calls safe to repeat), default 5 */
+    int poll_interval_ms;           /* following a deployment / operation, default 1000 */
+    int budget_requests;            /* requests per credential per window, shared by every
+                                       process through Redis; default 1200 (cloudflare's) */
+    int budget_window_s;            /* default 300 */
+    int64_t budget_deploys_per_day; /* firebase resource budgets; 0 = none */
+    int64_t budget_upload_bytes;    /* upload bytes per day; 0 = none */
+    int budget_function_count;      /* 0 = none */
 } sn_target_config_t;
 
 typedef struct {
@@ -126,12 +156,24 @@ typedef struct {
     char **targets;         /* target names; NULL-terminated */
     int step_timeout_s;     /* default deadline per step, default 600 */
     int approval_timeout_s; /* how long a run waits for approval, default 86400 */
+    /* GitHub projects (issue 4). require_signed means GitHub's commit verification. */
+    char **required_workflows;      /* workflow names that must conclude success on the
+                                       head commit; empty = every workflow run seen for
+                                       the commit (at least one) */
+    bool require_branch_protection; /* the environment's branch must be protected */
+    int required_approvals;         /* approving reviews on the PR that brought the commit */
 } sn_environment_config_t;
 
 typedef struct {
     char *name;
-    char *source_type;       /* "local" (GitHub comes later) */
-    char *repo;              /* local: path of the git repository */
+    char *source_type;       /* "local" | "github" */
+    char *repo;              /* local: path of the git repository; github with
+                                artifact_from local: the clone URL */
+    char *github_repo;       /* github: "owner/name"; webhooks from any other repository
+                                are refused (the allow-list) */
+    char *artifact_from;     /* github: "github" (the verified run's Actions artifact,
+                                default) | "local" (build the verified commit here) */
+    char *artifact_name;     /* github: the Actions artifact's name, default "site" */
     char *seed_from;         /* if repo does not exist, `sentinelctl up` creates it (bare,
                                 branches main and staging, a post-receive hook) from this
                                 directory's files; the quick start uses examples/hello-site */
@@ -148,17 +190,74 @@ typedef struct {
     size_t environment_count;
 } sn_project_config_t;
 
-/* A notification channel (this issue: log, file, webhook). */
+/* A notification channel. */
 typedef struct {
     char *name;
-    char *type;         /* log | file | webhook */
+    char *type;         /* log | file | webhook | telegram | slack | discord | email */
     char *path;         /* file: JSON lines */
-    char *url;          /* webhook */
+    char *url;          /* webhook, slack and discord (the webhook URL: a secret, never
+                           logged); email: smtp://host:port or smtps://host:port */
     char *secret;       /* webhook HMAC key, usually ${env:...} or ${secret:...} */
     char *min_severity; /* info | warning | critical, default info */
     int timeout_ms;     /* default 5000 */
     int max_attempts;   /* default 5 */
+    char *api_base;     /* telegram: default https://api.telegram.org */
+    char *token;        /* telegram bot token (in the URL path: never logged) */
+    char *chat_id;      /* telegram */
+    char *username;     /* email: SMTP AUTH */
+    char *password;     /* email */
+    char *from;         /* email: From address */
+    char **to;          /* email: recipients; NULL-terminated */
+    bool starttls;      /* email over smtp://: require STARTTLS (default true) */
 } sn_channel_config_t;
+
+/* A notification route (Alertmanager's model). Matchers are "key=value" over the labels
+ * severity, project, environment, target and type ("type=deploy.*" matches a prefix);
+ * every matcher must hold. A child inherits what it leaves unset (-1 / empty). */
+typedef struct sn_route_config sn_route_config_t;
+struct sn_route_config {
+    char **channels;        /* channel names; empty = the parent's (root: every channel) */
+    char **match;           /* "key=value"; NULL-terminated */
+    char **group_by;        /* label names; root default [project, environment, type] */
+    int group_wait_ms;      /* root default 30000 */
+    int group_interval_ms;  /* root default 300000 */
+    int repeat_interval_ms; /* root default 14400000 */
+    bool continue_;         /* `continue`: keep matching siblings after this one */
+    sn_route_config_t *routes;
+    size_t route_count;
+};
+
+/* A source alert matching source_match mutes target alerts matching target_match that
+ * have the same values for the labels in equal. */
+typedef struct {
+    char **source_match;
+    char **target_match;
+    char **equal;
+} sn_inhibit_config_t;
+
+typedef struct {
+    sn_route_config_t route; /* `notify.route`, the root */
+    sn_inhibit_config_t *inhibit_rules;
+    size_t inhibit_count;
+} sn_notify_config_t;
+
+/* GitHub (issue 4): one connection, used by the gateway (webhooks), build-validator
+ * (polling, artifacts) and github-workflow (statuses, deployments, feedback, policy). */
+typedef struct {
+    char *api_base; /* default https://api.github.com */
+    char *token;    /* Bearer token (PAT / GITHUB_TOKEN); or a GitHub App: */
+    char *app_id;   /* the JWT's iss */
+    char *installation_id;
+    char *private_key_file;    /* the App's PEM key */
+    char *webhook_secret;      /* X-Hub-Signature-256 key; webhooks refused (401) without it */
+    int64_t max_webhook_bytes; /* default 26214400 (GitHub caps payloads at 25 MB) */
+    int request_timeout_ms;    /* default 15000 */
+    int max_attempts;          /* default 5 */
+    int max_wait_s;            /* longest rate-limit wait honoured, default 900 */
+    char *status_context;      /* commit status context, default "sentinel" */
+    char *public_url;          /* Sentinel's API base for target_url links, default
+                                  http://<gateway.listen> */
+} sn_github_config_t;
 
 /* An API token: stored hashed (sha256 hex), with a role. Role "agent" is for the
  * deployers of other hosts: it may fetch artifacts (GET/HEAD /api/v1/artifacts/{sha256})
@@ -208,6 +307,8 @@ typedef struct {
     sn_channel_config_t *channels;
     size_t channel_count;
     sn_gateway_config_t gateway;
+    sn_notify_config_t notify;                   /* `notify:` */
+    sn_github_config_t github;                   /* `github:` */
     char *artifact_dir;                          /* default <state_dir>/artifacts */
     sn_artifact_source_config_t artifact_source; /* `artifact_source:` */
     char *audit_archive;                         /* default <state_dir>/audit.log */
@@ -220,6 +321,13 @@ const sn_project_config_t *sn_config_project(const sn_config_t *cfg, const char 
 const sn_environment_config_t *sn_config_environment(const sn_project_config_t *project,
                                                      const char *name);
 const sn_target_config_t *sn_config_target(const sn_config_t *cfg, const char *name);
+
+/* The service that deploys @target: "deploy.local.<host>" for local_static and
+ * local_command (<host> = the target's host, else @default_host), "deploy.cloudflare",
+ * "deploy.railway", "deploy.firebase" (firebase-sync). Caller frees. */
+char *sn_config_deploy_service(const sn_target_config_t *target, const char *default_host);
+/* True for the cloud types (cloudflare_pages, firebase, railway). */
+bool sn_config_target_is_cloud(const sn_target_config_t *target);
 
 /* Reads and validates @path into @cfg (caller's storage, zeroed by the call). On error
  * returns SN_ERROR, leaves @cfg zeroed (nothing to free) and writes
