@@ -10,6 +10,10 @@ extern const sn_role_t deployment_watcher_role;
 extern const sn_role_t autoheal_executor_role;
 extern const sn_role_t notifier_role;
 extern const sn_role_t gateway_role;
+extern const sn_role_t railway_bridge_role;
+extern const sn_role_t hosting_propagator_role;
+extern const sn_role_t function_handler_role;
+extern const sn_role_t github_workflow_role;
 
 const sn_role_t *const sn_roles[] = {
     &local_deployer_role,
@@ -20,5 +24,9 @@ const sn_role_t *const sn_roles[] = {
     &autoheal_executor_role,
     &notifier_role,
     &gateway_role,
+    &railway_bridge_role,
+    &hosting_propagator_role,
+    &function_handler_role,
+    &github_workflow_role,
     NULL,
 };

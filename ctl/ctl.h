@@ -129,5 +129,7 @@ int ctl_cmd_unfreeze(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_notify(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_audit(ctl_opts_t *opts, int argc, char **argv);
 int ctl_cmd_gc(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_github(ctl_opts_t *opts, int argc, char **argv);
+int ctl_cmd_silence(ctl_opts_t *opts, int argc, char **argv);
 
 #endif

@@ -30,6 +30,8 @@ static const ctl_command_t s_commands[] = {
     {"unfreeze", ctl_cmd_unfreeze, "unfreeze PROJECT ENV"},
     {"history", ctl_cmd_history, "history PROJECT ENV: released versions per target"},
     {"notify", ctl_cmd_notify, "notify push --project P --ref REF --sha SHA (git hook)"},
+    {"silence", ctl_cmd_silence, "silence add --match K=V --for 2h --comment T | list | expire ID"},
+    {"github", ctl_cmd_github, "github rerun PROJECT RUN | github dispatch PROJECT WF REF [k=v]"},
     {"audit", ctl_cmd_audit, "audit verify | audit tail [-n N]: the audit chain"},
     {"gc", ctl_cmd_gc, "apply the retentions (runs, jobs, journal, audit, artifacts) [--dry-run]"},
     {"config", ctl_cmd_config, "config check FILE: validate a config without starting"},

@@ -12,7 +12,7 @@ packages=(build-essential cmake ninja-build pkg-config git
           libzmq3-dev libczmq-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev
           libcurl4-openssl-dev libssl-dev libcmocka-dev redis-server libjansson-dev
           libyaml-dev libmicrohttpd-dev libc-ares-dev python3 python3-zmq python3-protobuf
-          nginx git)
+          nginx git zlib1g-dev python3-aiosmtpd python3-cryptography openssl)
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 

@@ -571,6 +571,12 @@ static bp_run_t *s_queue_run(bp_t *st, sn_ctx_t *ctx, const sn_project_config_t 
         }
     bp_pb_run_t *r =
         bp_run_new(p->name, e->name, tr->ref ? tr->ref : "", src.sha, tr->trigger, who);
+    if (tr->n_workflow_run_ids > 0 && tr->n_workflow_run_ids <= 64) { /* GitHub's verdict */
+        r->workflow_run_ids = sn_malloc(tr->n_workflow_run_ids * sizeof *r->workflow_run_ids);
+        memcpy(r->workflow_run_ids, tr->workflow_run_ids,
+               tr->n_workflow_run_ids * sizeof *r->workflow_run_ids);
+        r->n_workflow_run_ids = tr->n_workflow_run_ids;
+    }
     if (src.artifact) {
         bp_str_set(&r->artifact_sha256, src.artifact);
         bp_str_set(&r->promoted_from_run, src.from_run ? src.from_run : "");

@@ -268,6 +268,8 @@ static void s_send(bp_t *st, sn_ctx_t *ctx, bp_run_t *br, bp_call_t *c, uint32_t
         b.project = r->project;
         b.ref = r->ref;
         b.sha = r->sha;
+        b.n_workflow_run_ids = r->n_workflow_run_ids;
+        b.workflow_run_ids = r->workflow_run_ids;
         env.type = "build.request";
         env.body_case = SENTINEL__V1__ENVELOPE__BODY_BUILD_REQUEST;
         env.build_request = &b;

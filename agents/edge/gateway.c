@@ -2,9 +2,10 @@
  * suspend/resume). This file owns the role table, the daemon, routing, authentication
  * (Bearer tokens compared by SHA-256 in constant time; roles viewer < operator < admin),
  * the connection caps (SSE streams apart from the rest), body limits and the error
- * format {"error": {"code", "message"}}. The routes live in gateway_api.c and
- * gateway_artifact.c. A token with role agent (a deployer on another host) may only
- * download artifacts: every other route answers it 403.
+ * format {"error": {"code", "message"}}. The routes live in gateway_api.c,
+ * gateway_artifact.c and gateway_github.c (POST /webhooks/github, authenticated by its
+ * HMAC signature instead of a token, with its own body cap). A token with role agent (a
+ * deployer on another host) may only download artifacts: every other route answers it 403.
  *
  * Without any configured token the gateway is read-only for loopback clients: GETs from
  * 127.0.0.0/8 and ::1 are served, every write is refused (403) and remote clients get
@@ -51,6 +52,12 @@ static const gateway_route_t s_routes[] = {
      gateway_api_unfreeze, false},
     {"GET", "/api/v1/artifacts/*", GATEWAY_ROLE_VIEWER, false, false, gateway_api_artifact, true},
     {"HEAD", "/api/v1/artifacts/*", GATEWAY_ROLE_VIEWER, false, false, gateway_api_artifact, true},
+    {"POST", "/api/v1/silences", GATEWAY_ROLE_OPERATOR, true, false, gateway_api_silence_create,
+     false},
+    {"GET", "/api/v1/silences", GATEWAY_ROLE_VIEWER, false, false, gateway_api_silence_list, false},
+    {"DELETE", "/api/v1/silences/*", GATEWAY_ROLE_OPERATOR, false, false,
+     gateway_api_silence_expire, false},
+    {"POST", "/webhooks/github", GATEWAY_ROLE_NONE, true, false, gateway_github_webhook, false},
 };
 
 static sn_rc_t s_init(sn_ctx_t *ctx, void **state);
@@ -215,6 +222,7 @@ static sn_rc_t s_init(sn_ctx_t *ctx, void **state)
     gw->artifacts = gateway_artifacts_new(gw);
     if (!gw->artifacts)
         return SN_ERROR;
+    gw->github = gateway_github_new(gw);
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -251,6 +259,7 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
         MHD_stop_daemon(gw->daemon);
     gateway_sse_destroy(&gw->sse);
     gateway_artifacts_destroy(&gw->artifacts);
+    gateway_github_destroy(&gw->github);
     free(gw->tokens);
     free(gw->api_base);
     free(gw);
@@ -376,6 +385,19 @@ static unsigned s_authorize(gateway_t *gw, struct MHD_Connection *conn, gateway_
     return 0;
 }
 
+/* A webhook route: authenticated by its own signature (role NONE), its body capped by
+ * github.max_webhook_bytes instead of gateway.max_body_bytes, content type and headers
+ * checked by gateway_github_start before the body is read. */
+static bool s_is_webhook(const gateway_route_t *route)
+{
+    return route->handler == gateway_github_webhook;
+}
+
+static int64_t s_body_max(const gateway_t *gw, const gateway_route_t *route)
+{
+    return s_is_webhook(route) ? gateway_github_max_bytes(gw) : gw->cfg->gateway.max_body_bytes;
+}
+
 static bool s_is_json(const char *content_type)
 {
     if (!content_type)
@@ -461,10 +483,13 @@ static enum MHD_Result s_start(gateway_t *gw, struct MHD_Connection *conn, gatew
     if (has_body && !route->has_body)
         return gateway_reply_error(conn, MHD_HTTP_BAD_REQUEST, "bad_request",
                                    "this route takes no body");
-    if (has_body && len > gw->cfg->gateway.max_body_bytes)
+    if (has_body && len > s_body_max(gw, route)) {
+        sn_metrics_add(gw->metrics, "http_too_large", 1);
         return gateway_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "too_large",
-                                   "the body is over %lld bytes",
-                                   (long long)gw->cfg->gateway.max_body_bytes);
+                                   "the body is over %lld bytes", (long long)s_body_max(gw, route));
+    }
+    if (s_is_webhook(route))
+        return gateway_github_start(gw, conn, req);
     if (has_body && !s_is_json(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type")))
         return gateway_reply_error(conn, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                    "the body must be application/json");
@@ -485,12 +510,12 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
     }
     if (*upload_data_size) {
         /* Bounded: bytes past the limit are counted, not kept; far past it we hang up. */
-        int64_t max = gw->cfg->gateway.max_body_bytes;
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         req->body_seen += n;
         if (!req->route)
             return MHD_YES; /* an error is queued; MHD discards the rest */
+        int64_t max = s_body_max(gw, req->route);
         if (req->body_seen > (uint64_t)max) {
             req->is_too_large = true;
             return req->body_seen > (uint64_t)max * S_DISCARD_FACTOR ? MHD_NO : MHD_YES;
@@ -507,7 +532,7 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
         sn_metrics_add(gw->metrics, "http_too_large", 1);
         return gateway_reply_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "too_large",
                                    "the body is over %lld bytes",
-                                   (long long)gw->cfg->gateway.max_body_bytes);
+                                   (long long)s_body_max(gw, req->route));
     }
     if (req->call) {
         if (!__atomic_load_n(&req->call->is_done, __ATOMIC_ACQUIRE))

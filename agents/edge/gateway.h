@@ -33,6 +33,7 @@ typedef struct gateway_rpc gateway_rpc_t;
 typedef struct gateway_sse gateway_sse_t;
 typedef struct gateway_call gateway_call_t;
 typedef struct gateway_artifacts gateway_artifacts_t;
+typedef struct gateway_github gateway_github_t;
 
 typedef enum {
     GATEWAY_ROLE_NONE = 0, /* no authentication (healthz, readyz) */
@@ -98,6 +99,7 @@ struct gateway {
     gateway_sse_t *sse;
     gateway_rpc_t *rpc;
     gateway_artifacts_t *artifacts;
+    gateway_github_t *github;
 };
 
 /* ---- gateway.c: responses --------------------------------------------------------------- */
@@ -123,6 +125,15 @@ enum MHD_Result gateway_api_finish(gateway_t *gw, struct MHD_Connection *conn, g
 
 /* True if @id is a safe run id (letters, digits, '-', '_', '.', 1..64, not "." / ".."). */
 bool gateway_id_ok(const char *id);
+
+/* ---- gateway_silence.c: silences (the notifier's notify.silence) -------------------------- */
+
+/* POST /api/v1/silences (operator): {"matchers": ["key=value", ...], "comment": "...",
+ * "duration": "2h" | "ends_unix_ms": N, "starts_unix_ms"?: N}; GET /api/v1/silences
+ * (viewer, ?expired=true to include expired ones); DELETE /api/v1/silences/{id}
+ * (operator). Validated here, then a call of notify.silence; the answer is
+ * {"silences": [...]}. */
+gateway_handler_fn gateway_api_silence_create, gateway_api_silence_list, gateway_api_silence_expire;
 
 /* ---- gateway_metrics.c: agents and /metrics ----------------------------------------------- */
 
@@ -178,6 +189,25 @@ void gateway_artifacts_destroy(gateway_artifacts_t **self_p);
  * the file does not hash to its name (never served; logged and alerted), else 200 with
  * the file streamed from disk (or 304 for a matching If-None-Match). MHD threads. */
 gateway_handler_fn gateway_api_artifact;
+
+/* ---- gateway_github.c: GitHub webhooks ------------------------------------------------------ */
+
+/* Registers the recording Redis Function; never NULL. Init only. */
+gateway_github_t *gateway_github_new(gateway_t *gw);
+/* Frees; NULL-safe; sets *self_p = NULL. After the daemon stopped. */
+void gateway_github_destroy(gateway_github_t **self_p);
+/* The body cap of webhook routes (github.max_webhook_bytes). */
+int64_t gateway_github_max_bytes(const gateway_t *gw);
+/* Header checks before the body is read: 415 unless application/json, 401 without
+ * X-Hub-Signature-256 (or without a configured secret), 400 without sane X-GitHub-Event
+ * and X-GitHub-Delivery. MHD_YES to read the body, or after queueing the error. */
+enum MHD_Result gateway_github_start(gateway_t *gw, struct MHD_Connection *conn,
+                                     gateway_req_t *req);
+/* POST /webhooks/github on the whole body: signature (401), ping (200), unknown event
+ * (202, dropped), JSON (400), allow-list (403), then dedupe on delivery id and meaning
+ * and the journal entry github.<event> in one Redis call: 202 recorded, 200 duplicate,
+ * 503 when Redis does not answer. MHD threads. */
+gateway_handler_fn gateway_github_webhook;
 
 /* ---- gateway_sse.c: the event stream -------------------------------------------------------- */
 

@@ -15,7 +15,12 @@
  * environment, limits, one timeout for the whole build that kills the process group),
  * output into <state_dir>/builds/<run-id>.log, the build output into the artifact store,
  * the job completed with its epoch, and a BuildResult. A failing step is never
- * transient; only infrastructure failures (I/O, clone of an existing repository) are. */
+ * transient; only infrastructure failures (I/O, clone of an existing repository) are.
+ *
+ * GitHub projects (source_type github) are handled by build_validator_github.c: verdicts
+ * from the github.* journal events and polling, and for artifact_from github a build.local
+ * that fetches the verified run's artifact instead of building. With artifact_from local,
+ * the build below clones `repo` (the URL) at the verified commit. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -34,6 +39,7 @@
 #include "sentinel/sn_log.h"
 #include "sentinel/sn_redis.h"
 
+#include "build_validator_github.h"
 #include "sandbox.h"
 
 #define S_ROLE "build-validator"
@@ -104,9 +110,10 @@ struct s_bv {
     bool has_poller;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool quit;      /* mu */
-    bool is_leader; /* mu */
-    s_obs_t *obs;   /* mu, newest first */
+    bool quit;           /* mu */
+    bool is_leader;      /* mu */
+    s_obs_t *obs;        /* mu, newest first */
+    bv_github_t *github; /* GitHub projects (build_validator_github.c), or NULL */
 };
 
 /* One build on a job thread. */
@@ -181,6 +188,8 @@ static sn_rc_t s_init(sn_ctx_t *ctx, void **state)
             st->watches[st->watch_count++] = (s_watch_t){.project = proj, .ref = ref};
         }
     }
+    if (bv_github_new(ctx, st->store, &st->github) != SN_OK)
+        return SN_ERROR;
     if (pthread_create(&st->poller, NULL, s_poll_thread, st) != 0) {
         sn_error(S_ROLE, "cannot start the poller thread");
         return SN_ERROR;
@@ -201,6 +210,7 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
     pthread_mutex_unlock(&st->mu);
     if (st->has_poller)
         pthread_join(st->poller, NULL);
+    bv_github_destroy(&st->github);
     while (st->obs) {
         s_obs_t *o = st->obs;
         st->obs = o->next;
@@ -304,6 +314,8 @@ static void s_on_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
 static void s_on_tick(sn_ctx_t *ctx, void *state, bool is_leader)
 {
     s_bv_t *st = state;
+    if (st->github)
+        bv_github_tick(st->github, ctx, is_leader);
     pthread_mutex_lock(&st->mu);
     if (st->is_leader != is_leader) {
         st->is_leader = is_leader;
@@ -672,6 +684,21 @@ static void s_build(s_bv_t *st, s_job_t *job, const Sentinel__V1__BuildRequest *
     char why[64];
     if (sn_artifact_rmtree(work) != SN_OK || mkdir(work, 0700) != 0) {
         s_fail(out, true, "cannot prepare the work dir");
+        return;
+    }
+    if (bv_github_builds_artifact(proj)) {
+        /* GitHub built and tested it: deploy exactly the verified run's artifact. */
+        bv_github_outcome_t go;
+        if (!st->github) {
+            s_fail(out, false, "GitHub mode is not running");
+            return;
+        }
+        bv_github_fetch(st->github, b, work, log_fd, s_progress, job, &go);
+        out->ok = go.ok;
+        out->is_transient = go.is_transient;
+        out->bytes = go.bytes;
+        sn_strlcpy(out->sha, go.sha, sizeof out->sha);
+        sn_strlcpy(out->reason, go.reason, sizeof out->reason);
         return;
     }
     /* Clone and checkout run as Sentinel (reading the repository), no shell. */

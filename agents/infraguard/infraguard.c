@@ -10,6 +10,12 @@
  * (secret_scan.h). A rejection lists every reason; a finding names file, line and kind,
  * never the value, in the reply as in the log.
  *
+ * A GitHub project's commit is not in a local repository: gate 1 checks its branch and,
+ * when the environment requires any (require_branch_protection, required_approvals,
+ * require_signed), GitHub's policy facts from github-workflow's `github.policy` — asked
+ * on the loop thread before the job runs. No answer, or an unsatisfied verdict, rejects
+ * the run (fail closed) with GitHub's reasons.
+ *
  * Both gates run on job threads (git and the scan block). The leader duty — decisions
  * about incidents outside runs — has no incident source yet; the hook logs leadership. */
 #include <stdarg.h>
@@ -28,6 +34,7 @@
 #define S_GIT_TIMEOUT_MS 30000
 #define S_HEADS "refs/heads/"
 #define S_MAX_REASONS 32
+#define S_POLICY_DEADLINE_MS 30000
 
 typedef struct {
     const sn_config_t *cfg;
@@ -42,7 +49,21 @@ typedef struct {
     size_t count;
 } s_reasons_t;
 
+/* What github.policy answered for a gate-1 request (allocated with the request). */
+typedef struct {
+    s_ig_t *st;
+    sn_request_t *req;
+    bool is_asked; /* the environment requires policy facts */
+    bool is_answered;
+    bool satisfied;
+    char *reason; /* why no verdict (a NAK, a GitHub failure) */
+    char **violations;
+    size_t violation_count;
+} s_policy_t;
+
 static void s_reason(s_reasons_t *r, const char *fmt, ...) SN_PRINTF(2, 3);
+static void s_ask_policy(sn_ctx_t *ctx, s_ig_t *st, sn_request_t *req,
+                         const Sentinel__V1__GateRequest *g);
 static sn_rc_t s_gate_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
                           const char **nak_reason);
 static bool s_hex_is_valid(const char *s, size_t n1, size_t n2);
@@ -87,7 +108,71 @@ static void s_on_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
         sn_request_nak(ctx, req, "invalid");
         return;
     }
-    sn_request_defer(ctx, req, s_gate_job, state);
+    s_ig_t *st = state;
+    const sn_project_config_t *proj = g->project ? sn_config_project(st->cfg, g->project) : NULL;
+    const sn_environment_config_t *e =
+        proj && g->environment ? sn_config_environment(proj, g->environment) : NULL;
+    if (g->gate == 1 && e && strcmp(proj->source_type, "github") == 0 &&
+        (e->require_signed || e->require_branch_protection || e->required_approvals > 0)) {
+        s_ask_policy(ctx, st, req, g);
+        return;
+    }
+    s_policy_t *none = sn_request_alloc(req, sizeof *none);
+    memset(none, 0, sizeof *none);
+    none->st = st;
+    sn_request_defer(ctx, req, s_gate_job, none);
+}
+
+static void s_on_policy(sn_ctx_t *ctx, void *arg, const sn_envelope_t *reply,
+                        const char *nak_reason)
+{
+    s_policy_t *p = arg;
+    sn_request_t *req = p->req;
+    const Sentinel__V1__GithubResult *res =
+        reply && reply->body_case == SENTINEL__V1__ENVELOPE__BODY_GITHUB_RESULT
+            ? reply->github_result
+            : NULL;
+    if (!res) {
+        p->reason = sn_request_strdup(req, nak_reason ? nak_reason : "no github_result body");
+    } else if (!res->ok || !res->policy) {
+        p->reason =
+            sn_request_strdup(req, res->reason && *res->reason ? res->reason : "no policy facts");
+    } else {
+        p->is_answered = true;
+        p->satisfied = res->policy->satisfied;
+        size_t n = res->policy->n_violations;
+        p->violations = sn_request_alloc(req, (n ? n : 1) * sizeof *p->violations);
+        for (size_t i = 0; i < n; i++)
+            p->violations[i] = sn_request_strdup(req, res->policy->violations[i]);
+        p->violation_count = n;
+    }
+    sn_request_defer(ctx, req, s_gate_job, p);
+}
+
+/* Asks github.policy for the facts of @g's commit; the gate job runs when it answers. */
+static void s_ask_policy(sn_ctx_t *ctx, s_ig_t *st, sn_request_t *req,
+                         const Sentinel__V1__GateRequest *g)
+{
+    s_policy_t *p = sn_request_alloc(req, sizeof *p);
+    memset(p, 0, sizeof *p);
+    p->st = st;
+    p->req = req;
+    p->is_asked = true;
+    Sentinel__V1__GithubRequest gr = SENTINEL__V1__GITHUB_REQUEST__INIT;
+    gr.project = g->project;
+    gr.environment = g->environment;
+    gr.sha = g->sha;
+    sn_envelope_t env;
+    char id[SN_ID_LEN + 1];
+    sn_envelope_stamp(&env, sn_ctx_source(ctx), "github.request", id);
+    env.correlation_id = g->run_id;
+    env.body_case = SENTINEL__V1__ENVELOPE__BODY_GITHUB_REQUEST;
+    env.github_request = &gr;
+    int64_t left = sn_request_deadline_ms(req) - sn_mono_ms() - 1000;
+    int deadline = left > S_POLICY_DEADLINE_MS ? S_POLICY_DEADLINE_MS
+                   : left < 1000               ? 1000
+                                               : (int)left;
+    sn_ctx_call(ctx, "github.policy", &env, deadline, 1, s_on_policy, p);
 }
 
 static void s_on_tick(sn_ctx_t *ctx, void *state, bool is_leader)
@@ -106,7 +191,8 @@ static void s_on_leadership(sn_ctx_t *ctx, void *state, bool is_leader, uint64_t
 
 /* ---- gate 1 ------------------------------------------------------------------------- */
 
-static void s_gate1(s_ig_t *st, const Sentinel__V1__GateRequest *g, s_reasons_t *r)
+static void s_gate1(s_ig_t *st, const Sentinel__V1__GateRequest *g, const s_policy_t *policy,
+                    s_reasons_t *r)
 {
     const sn_project_config_t *proj = g->project ? sn_config_project(st->cfg, g->project) : NULL;
     if (!proj) {
@@ -136,6 +222,20 @@ static void s_gate1(s_ig_t *st, const Sentinel__V1__GateRequest *g, s_reasons_t 
                  env->branch ? env->branch : "");
     if (!s_hex_is_valid(g->sha, 40, 64)) {
         s_reason(r, "malformed commit id");
+        return;
+    }
+    if (strcmp(proj->source_type, "github") == 0) {
+        if (!policy->is_asked)
+            return;
+        if (!policy->is_answered) {
+            s_reason(r, "GitHub policy facts unavailable (%s): %s requires them", policy->reason,
+                     env->name);
+            return;
+        }
+        for (size_t i = 0; i < policy->violation_count; i++)
+            s_reason(r, "%s", policy->violations[i]);
+        if (!policy->satisfied && policy->violation_count == 0)
+            s_reason(r, "GitHub policy of %s not satisfied", env->name);
         return;
     }
     const char *repo = proj->repo && *proj->repo ? proj->repo : g->source_path;
@@ -194,7 +294,8 @@ static void s_gate2(s_ig_t *st, const Sentinel__V1__GateRequest *g, s_reasons_t 
 static sn_rc_t s_gate_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq,
                           sn_envelope_t *reply, const char **nak_reason)
 {
-    s_ig_t *st = state;
+    const s_policy_t *policy = state;
+    s_ig_t *st = policy->st;
     sn_request_t *req = (sn_request_t *)creq;
     const Sentinel__V1__GateRequest *g = sn_request_envelope(req)->gate_request;
     const char *run = g->run_id ? g->run_id : "";
@@ -202,7 +303,7 @@ static sn_rc_t s_gate_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq,
     secret_findings_t f;
     secret_findings_init(&f);
     if (g->gate == 1)
-        s_gate1(st, g, &r);
+        s_gate1(st, g, policy, &r);
     else
         s_gate2(st, g, &r, &f);
 

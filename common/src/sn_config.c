@@ -397,6 +397,7 @@ static const s_field_t s_channel_rows[] = {
     S_ROW_STR(sn_channel_config_t, from, "from", NULL, false),
     S_ROW_LIST(sn_channel_config_t, to, "to", NULL, false),
     S_ROW_BOOL(sn_channel_config_t, starttls, "starttls", "true"),
+    S_ROW_STR(sn_channel_config_t, ca_file, "ca_file", NULL, false),
 };
 static const s_section_t s_channel_section = S_SECTION(sn_channel_config_t, s_channel_rows, NULL);
 

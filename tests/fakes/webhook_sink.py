@@ -12,7 +12,8 @@ scripted status (default 200), so tests can make it fail on demand.
   POST /_control  {"script": ["500", "500", "429:1", "400"], "reset": true}
                   queue statuses ("429:1" adds Retry-After: 1); reset forgets deliveries
   GET  /_deliveries   JSON list of {id, type, status, signature_ok, cloudevent_ok,
-                      problems, severity, at}
+                      problems, severity, at, path, event_ids, repeat} (event_ids and
+                      repeat: of a grouped notification's data.events / data.repeat)
   GET  /_health       200
   POST anything else  a delivery
 
@@ -83,6 +84,15 @@ def check_cloudevent(content_type, body):
     return ev, problems
 
 
+def group_event_ids(ev):
+    """The ids of the events a grouped notification (type dev.sentinel.notification)
+    carries in data.events; [] for a single event."""
+    events = ((ev or {}).get("data") or {}).get("events")
+    if not isinstance(events, list):
+        return []
+    return [e.get("id") for e in events if isinstance(e, dict)]
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     secret = b""
@@ -150,6 +160,9 @@ class Handler(BaseHTTPRequestHandler):
                     "cloudevent_ok": not problems,
                     "problems": problems,
                     "at": time.time(),
+                    "path": self.path,
+                    "event_ids": group_event_ids(ev),
+                    "repeat": bool(((ev or {}).get("data") or {}).get("repeat")),
                 }
             )
         headers = {"Retry-After": retry_after} if retry_after else {}

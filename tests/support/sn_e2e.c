@@ -49,6 +49,14 @@ static bool s_ready(void *arg)
 
 bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
 {
+    sn_e2e_opts_t o = {.tag = tag, .extra_yaml = extra_yaml};
+    return sn_e2e_start_ex(self, &o);
+}
+
+bool sn_e2e_start_ex(sn_e2e_t *self, const sn_e2e_opts_t *opts)
+{
+    const char *tag = opts->tag;
+    const char *extra_yaml = opts->extra_yaml;
     memset(self, 0, sizeof *self);
     self->dir = sn_test_tmpdir(tag);
     chmod(self->dir, 0711); /* builds run as nobody under <dir>/var/builds */
@@ -92,6 +100,7 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
             "  - {role: autoheal-executor, instances: 1}\n"
             "  - {role: notifier, instances: 2}\n"
             "  - {role: gateway, instances: 1}\n"
+            "%s"
             "projects:\n"
             "  - name: hello\n"
             "    repo: %s\n"
@@ -103,7 +112,7 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
             "    environments:\n"
             "      - name: staging\n"
             "        branch: staging\n"
-            "        targets: [hello-staging]\n"
+            "        targets: %s\n"
             "        step_timeout_s: 60\n"
             "      - name: production\n"
             "        branch: main\n"
@@ -111,6 +120,7 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
             "        promote_from: staging\n"
             "        targets: [hello-prod]\n"
             "        step_timeout_s: 60\n"
+            "%s"
             "targets:\n"
             "  - name: hello-staging\n"
             "    type: local_static\n"
@@ -125,6 +135,7 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
             "    preview_listen: 127.0.0.1:%d\n"
             "    check: {path: /, status: 200, body_contains: \"Hello from Sentinel\", "
             "consecutive: 2, interval_ms: 100, deadline_ms: 5000}\n"
+            "%s"
             "channels:\n"
             "  - {name: log, type: log}\n"
             "  - {name: file, type: file, path: %s/notifications.jsonl}\n"
@@ -136,8 +147,11 @@ bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml)
             "    - {name: bob, role: operator, sha256: %s}\n"
             "%s",
             self->ns, self->state, sn_test_free_port(), sn_test_free_port(), sn_test_free_port(),
-            self->repo, SN_SOURCE_DIR, self->live_port, self->preview_port, self->fake_port,
-            self->prod_port, self->prod_preview_port, self->state, self->sink_port,
+            opts->extra_processes ? opts->extra_processes : "", self->repo, SN_SOURCE_DIR,
+            opts->staging_targets ? opts->staging_targets : "[hello-staging]",
+            opts->extra_projects ? opts->extra_projects : "", self->live_port, self->preview_port,
+            self->fake_port, self->prod_port, self->prod_preview_port,
+            opts->extra_targets ? opts->extra_targets : "", self->state, self->sink_port,
             SN_E2E_WEBHOOK_SECRET, self->gateway_port, alice, bob, extra_yaml ? extra_yaml : "");
     fclose(f);
 

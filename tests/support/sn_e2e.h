@@ -29,6 +29,19 @@ typedef struct {
 /* Writes the config (@extra appended), starts `sentinelctl up` and waits until the
  * buildpilot, local-deployer and nginx are up. */
 bool sn_e2e_start(sn_e2e_t *self, const char *tag, const char *extra_yaml);
+/* What a test changes in the generated config. Every string may be NULL. */
+typedef struct {
+    const char *tag;
+    const char *extra_yaml;      /* appended at the end (top-level sections) */
+    const char *extra_processes; /* "  - {role: ..., instances: N}\n" lines */
+    const char *extra_targets;   /* "  - {name: ..., type: ...}\n" items of `targets:` */
+    const char *extra_projects;  /* "  - name: ...\n" items of `projects:` */
+    const char *staging_targets; /* the staging environment's list, default
+                                    "[hello-staging]" */
+} sn_e2e_opts_t;
+
+/* As sn_e2e_start, with @opts. */
+bool sn_e2e_start_ex(sn_e2e_t *self, const sn_e2e_opts_t *opts);
 /* SIGTERM to the supervisor: returns its exit status (0 expected); removes the dir unless
  * the test failed (SN_E2E_KEEP set). Dumps the log on failure. */
 int sn_e2e_stop(sn_e2e_t *self);

@@ -209,6 +209,8 @@ typedef struct {
     char *from;         /* email: From address */
     char **to;          /* email: recipients; NULL-terminated */
     bool starttls;      /* email over smtp://: require STARTTLS (default true) */
+    char *ca_file;      /* email: CA bundle to verify the server with (default: the
+                           system's) */
 } sn_channel_config_t;
 
 /* A notification route (Alertmanager's model). Matchers are "key=value" over the labels
