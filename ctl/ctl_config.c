@@ -10,6 +10,7 @@
 static void s_help(void);
 static int s_check(ctl_opts_t *opts, const char *path);
 static void s_print_table(const sn_config_t *cfg, const char *path);
+static void s_warn_missing_roles(const sn_config_t *cfg);
 static void s_print_json(const sn_config_t *cfg, const char *path);
 
 int ctl_cmd_config(ctl_opts_t *opts, int argc, char **argv)
@@ -61,8 +62,56 @@ static int s_check(ctl_opts_t *opts, const char *path)
         s_print_json(&cfg, path);
     else
         s_print_table(&cfg, path);
+    s_warn_missing_roles(&cfg);
     sn_config_fini(&cfg);
     return CTL_EXIT_OK;
+}
+
+static bool s_has_role(const sn_config_t *cfg, const char *role)
+{
+    for (size_t i = 0; i < cfg->process_count; i++)
+        if (cfg->processes[i].role && strcmp(cfg->processes[i].role, role) == 0)
+            return true;
+    return false;
+}
+
+/* A target type whose deployer roles are not in `processes:` is a warning (on stderr), not
+ * an error: those roles may run on other hosts. */
+static void s_warn_missing_roles(const sn_config_t *cfg)
+{
+    static const struct {
+        const char *type;
+        const char *roles[7];
+    } needs[] = {
+        {"local_static", {"local-deployer", NULL}},
+        {"local_command", {"local-deployer", NULL}},
+        {"cloudflare_pages", {"cloudflare-deployer", NULL}},
+        {"railway", {"railway-bridge", NULL}},
+        {"firebase",
+         {"firebase-sync", "firebase-executor", "resource-validator", "hosting-propagator",
+          "function-handler", NULL}},
+    };
+    if (cfg->process_count == 0)
+        return; /* no local supervision configured at all */
+    for (size_t k = 0; k < SN_ARRAY_LEN(needs); k++) {
+        bool used = false;
+        for (size_t t = 0; t < cfg->target_count && !used; t++)
+            used = strcmp(cfg->targets[t].type, needs[k].type) == 0;
+        for (size_t r = 0; used && needs[k].roles[r]; r++)
+            if (!s_has_role(cfg, needs[k].roles[r]))
+                fprintf(stderr,
+                        "%s: warning: %s targets need role %s, which processes: does not "
+                        "start here (fine if it runs on another host)\n",
+                        CMD, needs[k].type, needs[k].roles[r]);
+    }
+    bool github = false;
+    for (size_t p = 0; p < cfg->project_count && !github; p++)
+        github = strcmp(cfg->projects[p].source_type, "github") == 0;
+    if (github && !s_has_role(cfg, "github-workflow"))
+        fprintf(stderr,
+                "%s: warning: github projects need role github-workflow (statuses, policy "
+                "facts), which processes: does not start here\n",
+                CMD);
 }
 
 static void s_print_table(const sn_config_t *cfg, const char *path)

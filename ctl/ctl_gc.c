@@ -139,6 +139,7 @@ typedef struct {
     s_strs_t project_zsets;
     s_strs_t env_keys;
     s_strs_t release_keys;
+    s_strs_t fnsrc_keys; /* firebase:fnsrc:*: the source zips a functions rollback needs */
     s_strs_t job_ids;
     s_strs_t artifact_shas;
     s_run_t *runs;
@@ -572,6 +573,8 @@ static void s_scan(s_gc_t *gc)
                 s_strs_push(&gc->env_keys, name, len);
             else if (strncmp(name, "release:", 8) == 0)
                 s_strs_push(&gc->release_keys, name, len);
+            else if (strncmp(name, "firebase:fnsrc:", 15) == 0)
+                s_strs_push(&gc->fnsrc_keys, name, len);
             else if (strncmp(name, "job:", 4) == 0)
                 s_strs_push(&gc->job_ids, name + 4, len - 4);
             else if (strncmp(name, "artifact:", 9) == 0)
@@ -688,6 +691,32 @@ static void s_protect(s_gc_t *gc)
                 s_keep_run(gc, r->element[2]->str, "holds its environment");
         }
         freeReplyObject(r);
+    }
+
+    /* function-handler's source histories ("<deploy-id> <sha256>", newest first): the
+     * zips a Cloud Functions rollback redeploys are artifacts too. */
+    for (size_t i = 0; i < gc->fnsrc_keys.n; i++) {
+        char *key = s_key(gc, "%s", gc->fnsrc_keys.v[i]);
+        const char *argv[] = {"LRANGE", key, "0", "-1"};
+        redisReply *fr = s_cmd(gc, 4, argv, NULL);
+        free(key);
+        if (!fr) {
+            gc->is_scanned = false;
+            return;
+        }
+        for (size_t k = 0; fr->type == REDIS_REPLY_ARRAY && k < fr->elements; k++) {
+            redisReply *e = fr->element[k];
+            const char *sp = e->type == REDIS_REPLY_STRING ? strrchr(e->str, ' ') : NULL;
+            if (sp && sn_artifact_sha_is_valid(sp + 1)) {
+                s_keep_artifact(gc, sp + 1, "a function's source history");
+            } else {
+                sn_warn(LOG_MODULE,
+                        "%s holds an entry that does not parse: artifacts are not collected",
+                        gc->fnsrc_keys.v[i]);
+                gc->is_unsure = true;
+            }
+        }
+        freeReplyObject(fr);
     }
 
     /* release histories: the runs of the releases, and their artifacts. */
@@ -1263,6 +1292,7 @@ static void s_gc_fini(s_gc_t *gc)
     s_strs_fini(&gc->project_zsets);
     s_strs_fini(&gc->env_keys);
     s_strs_fini(&gc->release_keys);
+    s_strs_fini(&gc->fnsrc_keys);
     s_strs_fini(&gc->job_ids);
     s_strs_fini(&gc->artifact_shas);
     json_decref(gc->items);

@@ -83,6 +83,8 @@ static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req);
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
                      const char **nak_reason);
 static void *s_run(void *arg);
+#define S_MAX_EVENT_AGE_MS (3600LL * 1000) /* older events are history, not news */
+
 static s_outcome_t s_handle(s_state_t *st, const sn_envelope_t *env);
 static bool s_should_stop(void *arg);
 
@@ -623,7 +625,11 @@ static void *s_run(void *arg)
     };
     sn_journal_reader_opts_t jo = {
         .redis = &ro,
-        .cursor = "$", /* a new group starts with what happens from now on */
+        /* A new group starts at the beginning of the journal (the process may start after
+         * the first runs did: `sentinelctl up` starts every role at once); events older
+         * than S_MAX_EVENT_AGE_MS are skipped, so a first start on an old journal does not
+         * replay history onto GitHub. Later starts resume where the group is. */
+        .cursor = "0",
         .batch = 16,
         .group = S_GROUP,
         .consumer = sn_ctx_instance(st->ctx),
@@ -935,6 +941,8 @@ static s_outcome_t s_handle(s_state_t *st, const sn_envelope_t *env)
 {
     const char *t = env->type ? env->type : "";
     if (strncmp(t, "run.", 4) != 0 && strncmp(t, "deploy.", 7) != 0)
+        return S_DONE;
+    if (env->time_unix_ms > 0 && sn_wall_ms() - env->time_unix_ms > S_MAX_EVENT_AGE_MS)
         return S_DONE;
     if (!st->gh)
         return S_DONE;

@@ -48,6 +48,7 @@
 #include "sentinel/sn_log.h"
 #include "sentinel/sn_redis.h"
 
+#define S_MAX_EVENT_AGE_MS (3600LL * 1000) /* older events are history, not news */
 #define S_ROLE "notifier"
 #define S_GROUP "notifier"
 #define S_SERVICE "notify.silence"
@@ -377,7 +378,11 @@ static void *s_run(void *arg)
     };
     sn_journal_reader_opts_t jo = {
         .redis = &ro,
-        .cursor = "$", /* a new group starts with what happens from now on */
+        /* A new group starts at the beginning of the journal: the notifier may start
+         * after the first events (`sentinelctl up` starts every role at once). Events older
+         * than S_MAX_EVENT_AGE_MS are acknowledged unsent, so a first start on an old
+         * journal does not replay history. Later starts resume where the group is. */
+        .cursor = "0",
         .batch = S_READ_BATCH,
         .group = S_GROUP,
         .consumer = sn_ctx_instance(st->ctx),
@@ -404,6 +409,9 @@ static void *s_run(void *arg)
             if (!e.is_gap) {
                 if (!e.env)
                     sn_metrics_add(m, "notify_malformed", 1);
+                else if (e.env->time_unix_ms > 0 &&
+                         sn_wall_ms() - e.env->time_unix_ms > S_MAX_EVENT_AGE_MS)
+                    sn_metrics_add(m, "notify_too_old", 1);
                 else
                     is_done = s_ingest(st, e.env, e.raw, e.raw_len);
             }

@@ -312,6 +312,8 @@ static const s_field_t s_target_rows[] = {
     S_ROW_INT(sn_target_config_t, budget_upload_bytes, "budget_upload_bytes", 0, INT64_C(1) << 50,
               "0"),
     S_ROW_INT(sn_target_config_t, budget_function_count, "budget_function_count", 0, 100000, "0"),
+    S_ROW_DUR(sn_target_config_t, drift_check_interval_ms, "drift_check_interval_ms", 1, 50,
+              S_DAY_MS, "60000"),
 };
 static const s_section_t s_target_section = S_SECTION(sn_target_config_t, s_target_rows, NULL);
 

@@ -24,6 +24,8 @@ int bench_failover(void);
 int bench_rss(void);
 /* The whole product under `sentinelctl up` (issue 3): absolute goals, no baseline. */
 int bench_pipeline(void);
+/* cloudflare-deployer through 1 and 4 processes against the fake (issue 5). */
+int bench_scaleout(void);
 
 /* Helper processes the rss scenario re-executes this binary as (argv after the name). */
 int bench_rss_bare_main(int argc, char **argv);

@@ -26,6 +26,7 @@ static const s_scenario_t s_scenarios[] = {
     {"failover", bench_failover, "20 leader kills at random phases, ttl 3 s"},
     {"rss", bench_rss, "idle agent RSS, broker with 1000 peers, stopped subscriber growth"},
     {"pipeline", bench_pipeline, "run overhead (50 no-op runs), 100 runs on 20 projects, mttr"},
+    {"scaleout", bench_scaleout, "100 Cloudflare deploys through 1 and 4 cloudflare-deployers"},
 };
 
 static void s_usage(void)

@@ -108,12 +108,27 @@ static void test_ctl_cli_config_check_good(void **state)
     assert_string_equal(r.err, "");
     ctl_result_fini(&r);
 
-    /* The shipped example is valid. */
+    /* The shipped example is valid, and starts every role its targets need. */
     char *example = sn_strdupf("%s/examples/sentinel.yml", SN_SOURCE_DIR);
     r = ctl_run(f->dir, (const char *[]){"config", "check", example, NULL});
     assert_int_equal(r.status, 0);
+    assert_string_equal(r.err, "");
     ctl_result_fini(&r);
     free(example);
+
+    /* A cloud target whose deployer roles are not started here: a warning, not an error. */
+    char *cloud = sn_strdupf("%s/cloud.yml", f->dir);
+    char *yaml = sn_strdupf("%stargets:\n  - {name: cf, type: cloudflare_pages, account_id: a, "
+                            "project: p, token: t}\n",
+                            s_good_yaml);
+    ctl_write_file(cloud, yaml, false);
+    r = ctl_run(f->dir, (const char *[]){"config", "check", cloud, NULL});
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.err, "cloudflare_pages targets need role cloudflare-deployer"));
+    assert_null(strstr(r.err, "token: t"));
+    ctl_result_fini(&r);
+    free(yaml);
+    free(cloud);
 
     /* -c and $SENTINEL_CONFIG name the default file. */
     r = ctl_run(f->dir, (const char *[]){"-c", path, "config", "check", NULL});

@@ -708,6 +708,46 @@ static void test_ctl_gc_release_of_unknown_run(void **state)
     assert_false(s_exists(f, "run:R1"));
 }
 
+/* The source zips function-handler keeps for a Cloud Functions rollback are artifacts
+ * no run names: the per-function source histories keep them; an entry that does not
+ * parse makes the artifact step unsure (nothing collected). */
+static void test_ctl_gc_function_sources_kept(void **state)
+{
+    fixture_t *f = *state;
+    char kept[65], gone[65];
+    s_sha('e', kept);
+    s_sha('f', gone);
+    s_put_artifact(f, kept, 50 * DAY_MS);
+    s_put_artifact(f, gone, 50 * DAY_MS);
+    char *entry = sn_strdupf("R9-fb %s", kept);
+    s_do(f, "LPUSH %sfirebase:fnsrc:shop:prod:fb:api %s", f->ns, entry);
+    free(entry);
+    ctl_result_t r = s_ctl(f, (const char *[]){"gc", "--dry-run", "-o", "json", NULL});
+    assert_int_equal(r.status, 0);
+    json_t *doc = s_doc(&r);
+    assert_true(s_has_item(doc, "artifacts", gone));
+    assert_false(s_has_item(doc, "artifacts", kept));
+    json_decref(doc);
+    ctl_result_fini(&r);
+    r = s_ctl(f, (const char *[]){"gc", "-o", "json", NULL});
+    assert_int_equal(r.status, 0);
+    ctl_result_fini(&r);
+    assert_true(s_artifact_exists(f, kept));
+    assert_false(s_artifact_exists(f, gone));
+
+    s_put_artifact(f, gone, 50 * DAY_MS);
+    s_do(f, "LPUSH %sfirebase:fnsrc:shop:prod:fb:api garbage", f->ns);
+    r = s_ctl(f, (const char *[]){"gc", "-o", "json", NULL});
+    assert_int_equal(r.status, 1);
+    doc = s_doc(&r);
+    assert_false(s_step_ok(doc, "artifacts"));
+    assert_int_equal(s_deleted(doc, "artifacts"), 0);
+    json_decref(doc);
+    assert_non_null(strstr(r.err, "firebase:fnsrc:shop:prod:fb:api holds an entry"));
+    ctl_result_fini(&r);
+    assert_true(s_artifact_exists(f, gone));
+}
+
 typedef struct {
     const char *path, *needle;
     int count;
@@ -759,6 +799,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_gc_redis_down, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_ctl_gc_usage, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_ctl_gc_audit_archive_elsewhere, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_gc_function_sources_kept, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_ctl_gc_release_of_unknown_run, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_ctl_gc_up_runs_it, s_setup, s_teardown),
     };

@@ -36,7 +36,7 @@ bool sn_mesh_start(sn_mesh_t *self, const char *tag, const char *extra_runtime_y
                             "log_level: info\n"
                             "broker:\n"
                             "  rpc: %s\n  pub: %s\n  sub: %s\n"
-                            "  heartbeat_ms: 200\n  heartbeat_liveness: 3\n"
+                            "  heartbeat_ms: 250\n  heartbeat_liveness: 4\n"
                             "redis:\n  unix_path: %s\n  timeout_ms: 500\n"
                             "runtime:\n"
                             "  leader_ttl_ms: 1500\n"
@@ -53,7 +53,7 @@ bool sn_mesh_start(sn_mesh_t *self, const char *tag, const char *extra_runtime_y
     self->client = sn_rpc_new(self->rpc, NULL);
     if (!self->client)
         return false;
-    sn_rpc_set_heartbeat(self->client, 200, 3);
+    sn_rpc_set_heartbeat(self->client, 250, 4);
     return true;
 }
 

@@ -137,6 +137,7 @@ typedef struct {
     int64_t budget_deploys_per_day; /* firebase resource budgets; 0 = none */
     int64_t budget_upload_bytes;    /* upload bytes per day; 0 = none */
     int budget_function_count;      /* 0 = none */
+    int drift_check_interval_ms;    /* firebase: cloud-sync-sentinel's watch, default 60000 */
 } sn_target_config_t;
 
 typedef struct {
