@@ -13,8 +13,10 @@
  * A GitHub project's commit is not in a local repository: gate 1 checks its branch and,
  * when the environment requires any (require_branch_protection, required_approvals,
  * require_signed), GitHub's policy facts from github-workflow's `github.policy` — asked
- * on the loop thread before the job runs. No answer, or an unsatisfied verdict, rejects
- * the run (fail closed) with GitHub's reasons.
+ * on the loop thread before the job runs. An unsatisfied verdict or a definite failure
+ * (permission, unknown commit) rejects the run with GitHub's reasons; no answer yet (the
+ * role not serving, GitHub rate-limited or down) NAKs the gate, which buildpilot asks
+ * again until the gate's deadline: fail closed, never open.
  *
  * Both gates run on job threads (git and the scan block). The leader duty — decisions
  * about incidents outside runs — has no incident source yet; the hook logs leadership. */
@@ -53,7 +55,8 @@ typedef struct {
 typedef struct {
     s_ig_t *st;
     sn_request_t *req;
-    bool is_asked; /* the environment requires policy facts */
+    const char *run_id; /* borrowed from the request */
+    bool is_asked;      /* the environment requires policy facts */
     bool is_answered;
     bool satisfied;
     char *reason; /* why no verdict (a NAK, a GitHub failure) */
@@ -132,9 +135,17 @@ static void s_on_policy(sn_ctx_t *ctx, void *arg, const sn_envelope_t *reply,
         reply && reply->body_case == SENTINEL__V1__ENVELOPE__BODY_GITHUB_RESULT
             ? reply->github_result
             : NULL;
-    if (!res) {
-        p->reason = sn_request_strdup(req, nak_reason ? nak_reason : "no github_result body");
-    } else if (!res->ok || !res->policy) {
+    if (!res || (!res->ok && res->is_transient)) {
+        /* github-workflow not (yet) serving, busy, or GitHub unavailable for now: no
+         * verdict either way. NAK, so buildpilot asks again until the gate's deadline. */
+        sn_warn(S_ROLE, "gate 1 waits for GitHub policy facts run=%s: %s", p->run_id,
+                res          ? (res->reason ? res->reason : "transient")
+                : nak_reason ? nak_reason
+                             : "?");
+        sn_request_nak(ctx, req, "overloaded");
+        return;
+    }
+    if (!res->ok || !res->policy) {
         p->reason =
             sn_request_strdup(req, res->reason && *res->reason ? res->reason : "no policy facts");
     } else {
@@ -157,6 +168,7 @@ static void s_ask_policy(sn_ctx_t *ctx, s_ig_t *st, sn_request_t *req,
     memset(p, 0, sizeof *p);
     p->st = st;
     p->req = req;
+    p->run_id = g->run_id ? g->run_id : "";
     p->is_asked = true;
     Sentinel__V1__GithubRequest gr = SENTINEL__V1__GITHUB_REQUEST__INIT;
     gr.project = g->project;

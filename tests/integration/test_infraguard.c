@@ -3,7 +3,11 @@
  * unknown project or environment, an unknown commit and, where the environment requires
  * it, an unsigned commit (and accepts a commit signed with a key gpg trusts); gate 2
  * refuses an artifact with a private key, naming file and line, while the key text
- * appears in no reply, no process log and no journal entry. */
+ * appears in no reply, no process log and no journal entry. For a GitHub project gate 1
+ * asks github-workflow's github.policy (against the GitHub fake) when the environment
+ * requires branch protection: no answer yet NAKs the gate (buildpilot asks again), an
+ * unprotected branch rejects it, a protected one passes. */
+#include "sn_fake_github.h"
 #include "sn_mesh.h"
 
 #include <stdarg.h>
@@ -25,6 +29,7 @@ typedef struct {
     char *staging_sha, *main_sha, *unsigned_sha, *signed_sha;
     sn_artifact_t *store;
     char clean_sha[65], leaky_sha[65];
+    sn_fake_github_t github;
 } s_fix_t;
 
 static s_fix_t s_fix;
@@ -105,7 +110,10 @@ static int s_setup(void **state)
     s_fix.unsigned_sha = s_capture("git -C '%s' rev-parse secure~1", s_fix.repo);
     s_fix.signed_sha = s_capture("git -C '%s' rev-parse secure", s_fix.repo);
 
-    char *yaml = sn_strdupf("targets:\n"
+    SN_ASSERT(sn_fake_github_start(&s_fix.github));
+    char *yaml = sn_strdupf("github: {api_base: \"%s\", token: test-token, "
+                            "request_timeout_ms: 2s, max_attempts: 2}\n"
+                            "targets:\n"
                             "  - name: site\n    type: local_command\n"
                             "    stage_command: \"true\"\n    promote_command: \"true\"\n"
                             "projects:\n"
@@ -115,8 +123,14 @@ static int s_setup(void **state)
                             "      - {name: staging, branch: staging, targets: [site]}\n"
                             "      - {name: production, branch: main, targets: [site]}\n"
                             "      - {name: secure, branch: secure, require_signed: true, "
-                            "targets: [site]}\n",
-                            s_fix.repo);
+                            "targets: [site]}\n"
+                            "  - name: gh\n    source_type: github\n    github_repo: octo/gh\n"
+                            "    poll_interval_ms: 0\n"
+                            "    environments:\n"
+                            "      - {name: prod, branch: main, require_branch_protection: true, "
+                            "targets: [site]}\n"
+                            "      - {name: dev, branch: dev, targets: [site]}\n",
+                            s_fix.github.url, s_fix.repo);
     SN_ASSERT(sn_mesh_start(&s_fix.mesh, "ig", yaml));
     free(yaml);
 
@@ -152,6 +166,8 @@ static int s_teardown(void **state)
 {
     (void)state;
     int bad = sn_mesh_stop(&s_fix.mesh);
+    if (!sn_fake_github_stop(&s_fix.github))
+        bad++;
     sn_artifact_destroy(&s_fix.store);
     if (system("gpgconf --kill gpg-agent >/dev/null 2>&1") != 0)
         fprintf(stderr, "gpg-agent not stopped\n");
@@ -381,6 +397,42 @@ static void test_infraguard_refuses_bad_requests(void **state)
     s_assert_refused(&empty, "malformed artifact hash");
 }
 
+#define S_GH_SHA "abcdefabcdefabcdefabcdefabcdefabcdefabcd"
+
+static void test_infraguard_gate1_github_policy(void **state)
+{
+    (void)state;
+    /* An environment without requirements never asks GitHub. */
+    Sentinel__V1__GateRequest dev = s_gate1("gh", "dev", "refs/heads/dev", S_GH_SHA);
+    s_assert_passed(&dev);
+    /* prod requires protection, and github-workflow is not serving yet: no verdict, the
+     * gate is NAKed (buildpilot asks again until the gate's deadline), never passed. */
+    Sentinel__V1__GateRequest g = s_gate1("gh", "prod", "refs/heads/main", S_GH_SHA);
+    sn_nak_reason_t nak = SN_NAK_NONE;
+    assert_null(s_gate(&g, &nak, NULL));
+    assert_int_equal(nak, SN_NAK_OVERLOADED);
+
+    assert_true(sn_fake_github_control(&s_fix.github, "commit",
+                                       "{\"repo\":\"octo/gh\",\"sha\":\"" S_GH_SHA
+                                       "\",\"verified\":false,\"reason\":\"unsigned\"}"));
+    (void)sn_mesh_agent_bin(&s_fix.mesh, "sentinel-agent", "github-workflow", "gw1");
+    assert_true(sn_mesh_wait_service(&s_fix.mesh, "github.policy", 1, 15000));
+    /* Unprotected main: rejected with GitHub's reason. */
+    s_assert_refused(&g, "protect");
+    /* Protected: passes. */
+    assert_true(sn_fake_github_control(&s_fix.github, "protection",
+                                       "{\"repo\":\"octo/gh\",\"branch\":\"main\","
+                                       "\"protection\":{\"enforce_admins\":{\"enabled\":true}}}"));
+    s_assert_passed(&g);
+    /* GitHub failing for now (500s past the attempt budget): NAKed again, not passed. */
+    assert_true(sn_fake_github_control(&s_fix.github, "fail",
+                                       "{\"path\":\"/protection\",\"mode\":\"server\","
+                                       "\"count\":10}"));
+    nak = SN_NAK_NONE;
+    assert_null(s_gate(&g, &nak, NULL));
+    assert_int_equal(nak, SN_NAK_OVERLOADED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -389,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_infraguard_gate2_finds_leaked_key),
         cmocka_unit_test(test_infraguard_gate2_bad_artifacts),
         cmocka_unit_test(test_infraguard_refuses_bad_requests),
+        cmocka_unit_test(test_infraguard_gate1_github_policy),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
