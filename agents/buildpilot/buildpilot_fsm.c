@@ -57,6 +57,7 @@ static void s_after_gate2(const sn_config_t *cfg, bp_pb_run_t *r, bp_effect_t *o
 static bool s_retry_or_budget(bp_pb_run_t *r, const bp_event_t *ev, const char *label,
                               bp_effect_t *out, char *fail, size_t fail_len);
 static void s_effect(bp_effect_t *out, const char *type, const char *step);
+static bool s_any_live_stage(const sn_config_t *cfg, const bp_pb_run_t *r);
 
 /* ---- public ------------------------------------------------------------------------------ */
 
@@ -358,6 +359,11 @@ static void s_join_stage(const sn_config_t *cfg, bp_pb_run_t *r, const bp_event_
         return;
     if (bp_is_failing(r)) {
         bp_fail_reason(r, "stage failed");
+        if (s_any_live_stage(cfg, r)) {
+            bp_step_close(r, BP_STEP_STAGE, SENTINEL__V1__STEP_STATE__STEP_FAILED);
+            s_begin_rollback(cfg, r, out);
+            return;
+        }
         out->end = S_STATE(FAILED);
         return;
     }
@@ -375,6 +381,11 @@ static void s_join_preview(const sn_config_t *cfg, bp_pb_run_t *r, const bp_even
         return;
     if (bp_is_failing(r)) {
         bp_fail_reason(r, "preview verification failed");
+        if (s_any_live_stage(cfg, r)) {
+            bp_step_close(r, BP_STEP_VERIFY_PREVIEW, SENTINEL__V1__STEP_STATE__STEP_FAILED);
+            s_begin_rollback(cfg, r, out);
+            return;
+        }
         out->end = S_STATE(FAILED);
         return;
     }
@@ -395,7 +406,8 @@ static void s_join_promote(const sn_config_t *cfg, bp_pb_run_t *r, const bp_even
     if (bp_is_failing(r)) {
         bp_fail_reason(r, "promote failed");
         bp_step_close(r, BP_STEP_PROMOTE, SENTINEL__V1__STEP_STATE__STEP_FAILED);
-        if (bp_any_phase(r, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_LIVE, false))
+        if (bp_any_phase(r, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_LIVE, false) ||
+            s_any_live_stage(cfg, r))
             s_begin_rollback(cfg, r, out);
         else
             out->end =
@@ -632,13 +644,35 @@ static void s_begin_stage(const sn_config_t *cfg, bp_pb_run_t *r, bp_effect_t *o
     s_effect(out, "run.step", "stage");
 }
 
+/* A target without previews (Railway: docs/decisions.md) is live once its stage
+ * succeeded, whatever happened to the deploy afterwards (a failed preview check or
+ * promote confirmation): a failing run rolls it back like a promoted one. */
+static bool s_is_live_stage(const sn_config_t *cfg, const bp_pb_deploy_t *d)
+{
+    if (d->staged_unix_ms <= 0 ||
+        (d->phase != SENTINEL__V1__DEPLOY_PHASE__DEPLOY_STAGED &&
+         d->phase != SENTINEL__V1__DEPLOY_PHASE__DEPLOY_PREVIEW_VERIFIED &&
+         d->phase != SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED))
+        return false;
+    const sn_target_config_t *t = sn_config_target(cfg, d->target);
+    return t && !sn_config_target_has_preview(t);
+}
+
+static bool s_any_live_stage(const sn_config_t *cfg, const bp_pb_run_t *r)
+{
+    for (size_t i = 0; i < r->n_deploys; i++)
+        if (s_is_live_stage(cfg, r->deploys[i]))
+            return true;
+    return false;
+}
+
 static void s_begin_rollback(const sn_config_t *cfg, bp_pb_run_t *r, bp_effect_t *out)
 {
     for (size_t i = 0; i < r->n_deploys; i++) {
         bp_pb_deploy_t *d = r->deploys[i];
         if (d->phase == SENTINEL__V1__DEPLOY_PHASE__DEPLOY_LIVE ||
             d->phase == SENTINEL__V1__DEPLOY_PHASE__DEPLOY_LIVE_VERIFIED ||
-            d->phase == SENTINEL__V1__DEPLOY_PHASE__DEPLOY_PROMOTING)
+            d->phase == SENTINEL__V1__DEPLOY_PHASE__DEPLOY_PROMOTING || s_is_live_stage(cfg, d))
             d->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLING_BACK;
     }
     bp_step_start(r, BP_STEP_ROLLBACK, bp_step_timeout_ms(cfg, r));

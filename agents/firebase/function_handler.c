@@ -480,6 +480,16 @@ static void s_rollback(fb_op_t *op)
         goto out;
     }
     if (!list) {
+        /* A stage that found no functions recorded `state` ok and no list: nothing of
+         * this deploy runs on Cloud Functions, so there is nothing to roll back. */
+        char *state = *op->dep->deploy_id ? fb_rec_get(op, REC, "state", NULL) : NULL;
+        bool is_none = state && strcmp(state, "ok") == 0;
+        free(state);
+        if (is_none) {
+            op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLED_BACK;
+            op->res->reason = "no functions";
+            goto out;
+        }
         fb_fail(op, false, "no functions recorded for deploy %s", op->dep->deploy_id);
         goto out;
     }

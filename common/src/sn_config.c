@@ -652,6 +652,11 @@ bool sn_config_target_is_cloud(const sn_target_config_t *target)
             strcmp(target->type, "firebase") == 0);
 }
 
+bool sn_config_target_has_preview(const sn_target_config_t *target)
+{
+    return !target || strcmp(target->type, "railway") != 0;
+}
+
 const sn_target_config_t *sn_config_target(const sn_config_t *cfg, const char *name)
 {
     for (size_t i = 0; cfg && name && i < cfg->target_count; i++)

@@ -27,7 +27,10 @@ Functions v2    /v2/projects/P/locations/R/functions:generateUploadUrl -> a sign
                 done after `op_polls` polls; functions named in `fail_functions` fail.
 Served sites    GET /__site/S/live/<path> and /__site/S/channel/C/<path> serve the files of
                 the version released last on that channel (gunzipped), "/" -> index.html.
-                The site's defaultUrl and each channel's url point here.
+                The site's defaultUrl and each channel's url point here, each on an
+                origin of its own (a port per channel, as SITE--CHANNEL.web.app is one):
+                on that port every path outside /__ is the channel's, so
+                <origin>/.well-known/sentinel-release.json is the channel's identity.
 Deploy ids      reach the fake as the label `sentinel-deploy` of versions and functions;
                 /__stats counts versions, releases and function deployments per deploy id.
 Errors          Google's {"error": {"code", "message", "status"}}; the token endpoint's
@@ -110,6 +113,32 @@ class Refused(Exception):
         self.code = code
         self.message = message
         self.status = status or STATUS_NAMES.get(code, "UNKNOWN")
+
+
+origins = {}        # "SITE/live" | "SITE/channel/C" -> its own server
+origins_lock = threading.Lock()
+
+
+def origin_url(site, kind):
+    """The URL of a channel (kind "live" or "channel/C") on an origin of its own: a
+    listener on a free port that serves every path outside /__ from that channel."""
+    key = "%s/%s" % (site, kind)
+    with origins_lock:
+        srv = origins.get(key)
+        if srv is None:
+            prefix = "/__site/" + key
+
+            class ChannelHandler(Handler):
+                def _handle(self, method):
+                    if not self.path.startswith("/__"):
+                        self.path = prefix + self.path
+                    return Handler._handle(self, method)
+
+            srv = ThreadingHTTPServer(("127.0.0.1", 0), ChannelHandler)
+            srv.daemon_threads = True
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            origins[key] = srv
+    return "http://127.0.0.1:%d/__site/%s" % (srv.server_address[1], key)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -330,7 +359,7 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             if rest == "" and method == "GET":
                 return self._send(200, {"name": "projects/%s/sites/%s" % (args.project, site),
-                                        "defaultUrl": "%s/__site/%s/live" % (self.base(), site),
+                                        "defaultUrl": origin_url(site, "live"),
                                         "appId": "1:0:web:fake", "type": "DEFAULT_SITE"})
             if rest == "/versions" and method == "POST":
                 body = self._json(raw)
@@ -467,7 +496,7 @@ class Handler(BaseHTTPRequestHandler):
             raise Refused(400, "config.cleanUrls must be a boolean")
 
     def _new_channel(self, site, cid):
-        url = "%s/__site/%s/%s" % (self.base(), site, "live" if cid == "live" else "channel/" + cid)
+        url = origin_url(site, "live" if cid == "live" else "channel/" + cid)
         return {"name": "sites/%s/channels/%s" % (site, cid), "url": url, "releases": [],
                 "createTime": now_rfc3339(), "retainedReleaseCount": 10}
 

@@ -32,7 +32,9 @@ fail_next N (the next N deployments fail), hold 1 (deployments stay BUILDING unt
 rate_limit N (the next N API requests get 429 with Retry-After: retry_after, default 1),
 fail_5xx N (the next N API requests get 503), hang_ms M + hang_count N (the next N API
 requests are answered after M ms), html N (the next N API requests get an HTML page with
-200).
+200), crash_next N (the next N deployments created crash right after going live: they reach
+SUCCESS and serve, and the next `deployment(id)` query after the one that reported SUCCESS
+finds them CRASHED, no longer serving: an app that dies once it is live).
 GET /__stats: {"requests", "rejected", "deployments", "by_deploy_id": {id: n},
 "rollbacks", "ops": {op: n}, "last_error", "auth": {"bearer": n, "project": n}}.
 The ready FILE is written once the socket listens."""
@@ -55,6 +57,7 @@ CONTROL_DEFAULTS = {
     "hang_ms": 0,
     "hang_count": 0,
     "html": 0,
+    "crash_next": 0,
 }
 
 lock = threading.Lock()
@@ -126,6 +129,10 @@ def new_deployment(handler, service, env, variables):
     if int(ctl["fail_next"]) > 0:
         ctl["fail_next"] = int(ctl["fail_next"]) - 1
         d["fail"] = True
+    if int(ctl["crash_next"]) > 0:
+        ctl["crash_next"] = int(ctl["crash_next"]) - 1
+        d["crash"] = True
+        d["success_reads"] = 0
     d["url"] = base_url(handler)
     deployments.append(d)
     return d
@@ -393,6 +400,11 @@ class Handler(BaseHTTPRequestHandler):
             if not d:
                 raise GqlError("Deployment not found")
             self._check_scope(scope, args.project, d["env"])
+            if d.get("crash") and d["status"] == "SUCCESS":
+                if d["success_reads"] >= 1:
+                    d["status"] = "CRASHED"
+                else:
+                    d["success_reads"] += 1
             return {"deployment": render(d)}
         if field == "deployments":
             inp = v.get("input")

@@ -152,6 +152,15 @@ static void test_firebase_functions_full_deploy(void **state)
     assert_string_equal(r->deploy_result->reason, "no functions");
     sn_envelope_free(&r);
     assert_int_equal(fbt_stat(&s_t, "function_deploys_by_deploy", "f0"), 0);
+    /* Its rollback (a run whose other target failed) has nothing to undo: ok, and no
+     * provider call. */
+    long before = fbt_stat(&s_t, NULL, "requests");
+    r = s_ok("rollback", "F0", NULL);
+    assert_int_equal(r->deploy_result->deploy->phase,
+                     SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLED_BACK);
+    assert_string_equal(r->deploy_result->reason, "no functions");
+    sn_envelope_free(&r);
+    assert_int_equal(fbt_stat(&s_t, NULL, "requests"), before);
     free(src1);
 }
 

@@ -26,6 +26,9 @@ static const char *s_yaml = "projects:\n"
                             "          expiry_s: 60\n"
                             "          approvers: [bob, carol]\n"
                             "        targets: [t1]\n"
+                            "      - name: mixed\n"
+                            "        branch: mixed\n"
+                            "        targets: [t1, rw]\n"
                             "targets:\n"
                             "  - name: t1\n"
                             "    type: local_static\n"
@@ -34,7 +37,12 @@ static const char *s_yaml = "projects:\n"
                             "  - name: t2\n"
                             "    type: local_static\n"
                             "    listen: 127.0.0.1:9202\n"
-                            "    preview_listen: 127.0.0.1:9102\n";
+                            "    preview_listen: 127.0.0.1:9102\n"
+                            "  - name: rw\n"
+                            "    type: railway\n"
+                            "    token: t\n"
+                            "    service_id: s\n"
+                            "    environment_id: e\n";
 
 static sn_config_t s_cfg;
 
@@ -154,10 +162,10 @@ static Sentinel__V1__StepState s_step_state(bp_pb_run_t *r, int step)
     return bp_step(r, step)->state;
 }
 
-/* A staging run driven up to STAGING (gate 1, build, gate 2 all ok). */
-static bp_pb_run_t *s_run_to_staging(void)
+/* A run of @env driven up to STAGING (gate 1, build, gate 2 all ok). */
+static bp_pb_run_t *s_run_to_staging_env(const char *env)
 {
-    bp_pb_run_t *r = bp_run_new("app", "staging", "refs/heads/staging", "sha1", "push", "alice");
+    bp_pb_run_t *r = bp_run_new("app", env, "refs/heads/staging", "sha1", "push", "alice");
     (void)s_drive(r, (bp_event_t){.kind = BP_EV_START, .deploy = -1});
     Sentinel__V1__GateResult g;
     Sentinel__V1__BuildResult b;
@@ -167,6 +175,11 @@ static bp_pb_run_t *s_run_to_staging(void)
     (void)s_drive(r, s_result(BP_W_GATE2, -1, &gate));
     assert_int_equal(r->state, SENTINEL__V1__RUN_STATE__RUN_STAGING);
     return r;
+}
+
+static bp_pb_run_t *s_run_to_staging(void)
+{
+    return s_run_to_staging_env("staging");
 }
 
 static void s_all_targets(bp_pb_run_t *r, bp_work_t w, const sn_envelope_t *reply)
@@ -406,6 +419,59 @@ static void test_buildpilot_fsm_promote_fails_one_target(void **state)
     sentinel__v1__run__free_unpacked(r, NULL);
 }
 
+/* Railway has no preview: its stage is the live deploy. A run failing before promote
+ * rolls back a Railway target whose stage succeeded, and only that one. */
+static void test_buildpilot_fsm_live_stage_rolled_back(void **state)
+{
+    (void)state;
+    Sentinel__V1__DeployResult d, dno;
+    Sentinel__V1__VerifyResult v, vno;
+    sn_envelope_t ok = s_deploy_reply(&d, true, false, NULL),
+                  no = s_deploy_reply(&dno, false, false, "disk full"),
+                  vok = s_verify_reply(&v, true), bad = s_verify_reply(&vno, false);
+    /* t1's stage fails, rw's went live: rw is rolled back, t1 (a preview) is not. */
+    bp_pb_run_t *r = s_run_to_staging_env("mixed");
+    assert_string_equal(r->deploys[1]->target, "rw");
+    (void)s_drive(r, s_result(BP_W_STAGE, 1, &ok));
+    assert_string_equal(s_drive(r, s_result(BP_W_STAGE, 0, &no)), "deploy.failed,run.step");
+    assert_int_equal(r->state, SENTINEL__V1__RUN_STATE__RUN_ROLLING_BACK);
+    assert_int_equal(s_step_state(r, BP_STEP_STAGE), SENTINEL__V1__STEP_STATE__STEP_FAILED);
+    assert_int_equal(r->deploys[0]->phase, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED);
+    assert_int_equal(r->deploys[1]->phase, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLING_BACK);
+    assert_string_equal(s_drive(r, s_result(BP_W_ROLLBACK, 1, &ok)),
+                        "deploy.rolled_back,run.rolled_back");
+    assert_string_equal(r->reason, "stage failed on t1: disk full");
+    sentinel__v1__run__free_unpacked(r, NULL);
+    /* rw's own stage fails: nothing went live anywhere, the run just fails. */
+    r = s_run_to_staging_env("mixed");
+    (void)s_drive(r, s_result(BP_W_STAGE, 0, &ok));
+    assert_string_equal(s_drive(r, s_result(BP_W_STAGE, 1, &no)), "deploy.failed,run.failed");
+    assert_int_equal(r->deploys[0]->phase, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_STAGED);
+    sentinel__v1__run__free_unpacked(r, NULL);
+    /* rw's check fails on its (live) release: rolled back; a local target's preview
+     * failing the same way only fails the run. */
+    r = s_run_to_staging_env("mixed");
+    s_all_targets(r, BP_W_STAGE, &ok);
+    (void)s_drive(r, s_result(BP_W_VPREVIEW, 0, &vok));
+    assert_string_equal(s_drive(r, s_result(BP_W_VPREVIEW, 1, &bad)), "deploy.failed,run.step");
+    assert_int_equal(r->state, SENTINEL__V1__RUN_STATE__RUN_ROLLING_BACK);
+    assert_int_equal(r->deploys[0]->phase, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_PREVIEW_VERIFIED);
+    assert_int_equal(r->deploys[1]->phase, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLING_BACK);
+    (void)s_drive(r, s_result(BP_W_ROLLBACK, 1, &ok));
+    assert_int_equal(r->state, SENTINEL__V1__RUN_STATE__RUN_ROLLED_BACK);
+    sentinel__v1__run__free_unpacked(r, NULL);
+    /* rw's promote (a confirmation) fails after t1 went live: both are rolled back. */
+    r = s_run_to_staging_env("mixed");
+    s_all_targets(r, BP_W_STAGE, &ok);
+    s_all_targets(r, BP_W_VPREVIEW, &vok);
+    (void)s_drive(r, s_result(BP_W_PROMOTE, 0, &ok));
+    (void)s_drive(r, s_result(BP_W_PROMOTE, 1, &no));
+    assert_int_equal(r->state, SENTINEL__V1__RUN_STATE__RUN_ROLLING_BACK);
+    for (size_t i = 0; i < r->n_deploys; i++)
+        assert_int_equal(r->deploys[i]->phase, SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLING_BACK);
+    sentinel__v1__run__free_unpacked(r, NULL);
+}
+
 static void test_buildpilot_fsm_transient_retry(void **state)
 {
     (void)state;
@@ -530,6 +596,7 @@ int main(void)
         cmocka_unit_test(test_buildpilot_fsm_approval_expires),
         cmocka_unit_test(test_buildpilot_fsm_live_fails_rolls_back),
         cmocka_unit_test(test_buildpilot_fsm_promote_fails_one_target),
+        cmocka_unit_test(test_buildpilot_fsm_live_stage_rolled_back),
         cmocka_unit_test(test_buildpilot_fsm_transient_retry),
         cmocka_unit_test(test_buildpilot_fsm_cancel),
         cmocka_unit_test(test_buildpilot_fsm_step_deadline),

@@ -331,6 +331,9 @@ const sn_target_config_t *sn_config_target(const sn_config_t *cfg, const char *n
 char *sn_config_deploy_service(const sn_target_config_t *target, const char *default_host);
 /* True for the cloud types (cloudflare_pages, firebase, railway). */
 bool sn_config_target_is_cloud(const sn_target_config_t *target);
+/* False for a target whose provider has no preview (railway): its stage is its live
+ * deploy, so a failing run rolls it back once staged. */
+bool sn_config_target_has_preview(const sn_target_config_t *target);
 
 /* Reads and validates @path into @cfg (caller's storage, zeroed by the call). On error
  * returns SN_ERROR, leaves @cfg zeroed (nothing to free) and writes
