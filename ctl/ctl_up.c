@@ -33,6 +33,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -412,6 +413,7 @@ static sn_rc_t s_spawn(ctl_sup_t *sup, ctl_child_t *child)
     }
     fflush(stdout);
     fflush(stderr);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         sn_error(LOG_MODULE, "fork for %s: %s", child->name, strerror(errno));
@@ -420,8 +422,14 @@ static sn_rc_t s_spawn(ctl_sup_t *sup, ctl_child_t *child)
         return SN_ERROR;
     }
     if (pid == 0) {
-        /* The child: own process group, default signals, nothing blocked, no stdin. */
+        /* The child: own process group, default signals, nothing blocked, no stdin; a
+         * SIGTERM (a graceful stop) if the supervisor dies without stopping it, so a
+         * killed `up` leaves no unsupervised agents behind (they would clash with the
+         * next `up`). */
         setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);
         signal(SIGPIPE, SIG_DFL);
         sigprocmask(SIG_SETMASK, &sup->old_mask, NULL);
         int devnull = open("/dev/null", O_RDONLY);

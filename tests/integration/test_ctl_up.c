@@ -368,6 +368,39 @@ static void test_ctl_up_kills_after_grace(void **state)
     assert_true(sn_test_count_in_file(f->err_path, "SIGKILL") >= 1);
 }
 
+typedef struct {
+    pid_t pids[2];
+} gone_wait_t;
+
+static bool s_all_gone(void *arg)
+{
+    gone_wait_t *w = arg;
+    return s_pid_gone(w->pids[0]) && s_pid_gone(w->pids[1]);
+}
+
+/* A supervisor killed with SIGKILL cannot stop its children: they get SIGTERM from the
+ * kernel (parent-death signal) and go, so no unsupervised agent is left to clash with the
+ * next `up`. */
+static void test_ctl_up_killed_leaves_no_children(void **state)
+{
+    fixture_t *f = *state;
+    s_write_config(f, false, "  - role: test-echo\n    instances: 2\n", 500);
+    s_start(f, NULL);
+    s_wait_log(f, "ready:", 1, 20000);
+    gone_wait_t w;
+    for (int i = 0; i < 2; i++) {
+        char instance[32];
+        snprintf(instance, sizeof instance, "test-echo-%d", i + 1);
+        restart_wait_t rw = {f, instance, 0};
+        assert_true(sn_test_wait_for(s_restarted, &rw, 10000));
+        w.pids[i] = s_agent_pid(f, instance);
+    }
+    assert_int_equal(kill(f->pid, SIGKILL), 0);
+    ctl_wait(f->pid, 5000);
+    f->pid = 0;
+    assert_true(sn_test_wait_for(s_all_gone, &w, 5000));
+}
+
 static void test_ctl_up_missing_binaries_fail(void **state)
 {
     fixture_t *f = *state;
@@ -539,6 +572,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_ctl_up_runs_supervises_and_stops, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_ctl_up_kills_after_grace, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_up_killed_leaves_no_children, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_ctl_up_missing_binaries_fail, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_ctl_up_broker_dying_at_start_fails_cleanly, s_setup,
                                         s_teardown),
