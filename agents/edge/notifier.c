@@ -744,6 +744,33 @@ static bool s_is_about(const s_item_t *it, const s_channel_t *ch)
     return false;
 }
 
+/* The wait a service asked for (a 429's, or Discord's exhausted bucket) is the channel's,
+ * not one replica's: it is shared through notify:cooldown:<channel> (PX the wait), so no
+ * replica calls the service before the wait is over — the sender's own memory covers only
+ * the replica that got the answer. */
+static void s_cooldown_share(s_state_t *st, const s_channel_t *ch, int64_t wait_ms)
+{
+    char *key = s_key(st, "notify:cooldown:%s", ch->cfg->name);
+    s_set(st, key, sn_ctx_instance(st->ctx), wait_ms);
+    free(key);
+}
+
+/* Milliseconds left of @ch's shared cooldown (0: none, or Redis did not answer). */
+static int64_t s_cooldown_left(s_state_t *st, const s_channel_t *ch)
+{
+    char *key = s_key(st, "notify:cooldown:%s", ch->cfg->name);
+    const char *argv[] = {"PTTL", key};
+    redisReply *r = NULL;
+    int64_t left = 0;
+    if (s_cmd(st, &r, 2, argv, NULL) == SN_OK) {
+        if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+            left = r->integer;
+        freeReplyObject(r);
+    }
+    free(key);
+    return left;
+}
+
 /* One step of channel @ch for the batch: already done, not yet due (retry), or one
  * attempt. S_STEP_LATER sets *at_ms (wall clock) to when it is due again. */
 static s_step_t s_channel_step(const s_batch_t *b, const s_channel_t *ch, int64_t *at_ms)
@@ -801,6 +828,9 @@ static s_step_t s_channel_step(const s_batch_t *b, const s_channel_t *ch, int64_
         goto out;
     }
     int64_t cooling = notify_sender_ready_in_ms(st->sender, ch->cfg);
+    int64_t shared = s_cooldown_left(st, ch);
+    if (shared > cooling)
+        cooling = shared;
     if (cooling > 0) {
         out = S_STEP_LATER;
         *at_ms = now + cooling;
@@ -880,6 +910,8 @@ static s_step_t s_channel_step(const s_batch_t *b, const s_channel_t *ch, int64_
         oc = notify_send(st->sender, ch->cfg, &msg, &retry_after, why, sizeof why);
     }
     attempts++;
+    if (retry_after > 0 && !ch->is_log && oc != NOTIFY_PERMANENT)
+        s_cooldown_share(st, ch, retry_after);
     if (oc == NOTIFY_SENT) {
         char *v = sn_strdupf("sent %s %" PRId64, sn_ctx_instance(st->ctx), sn_wall_ms());
         s_set(st, key, v, S_LOG_RETENTION_MS);
