@@ -26,7 +26,6 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,10 +36,10 @@
 #include "sentinel/sn_artifact.h"
 #include "sentinel/sn_blake3.h"
 #include "sentinel/sn_crypto.h"
+#include "sentinel/sn_deploy_op.h"
 #include "sentinel/sn_http.h"
 #include "sentinel/sn_id.h"
 #include "sentinel/sn_json.h"
-#include "sentinel/sn_ledger.h"
 #include "sentinel/sn_log.h"
 #include "sentinel/sn_provider.h"
 #include "sentinel/sn_redis.h"
@@ -50,7 +49,6 @@
 #define TARGET_TYPE "cloudflare_pages"
 #define DEFAULT_API_BASE "https://api.cloudflare.com/client/v4"
 #define IDENTITY_PATH "/.well-known/sentinel-release.json"
-#define NAME_MAX_LEN 128
 #define MAX_FILE_BYTES (25 * 1024 * 1024)
 #define DEFAULT_MAX_FILES 20000
 #define BUCKET_MAX_BYTES (40 * 1024 * 1024)
@@ -105,13 +103,8 @@ typedef struct {
     sn_provider_budget_t budget;
     int retries_left;
     int64_t deadline_ms;
-    /* ledger */
-    const char *job_id;
-    uint64_t epoch;
-    int64_t lease_ms;
-    int64_t renewed_ms;
-    bool is_lease_lost;
-    /* the answer */
+    /* the answer and the ledger job (request-owned) */
+    sn_deploy_op_t *dop;
     Sentinel__V1__DeployResult *res;
     Sentinel__V1__Deploy *out;
     char api_reason[256]; /* the last API failure */
@@ -123,14 +116,9 @@ static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req);
 static void s_destroy(sn_ctx_t *ctx, void *state);
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
                      const char **nak_reason);
-static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...) SN_PRINTF(3, 4);
-static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len);
 static void s_run(s_op_t *op);
 static void s_stage_or_promote(s_op_t *op, bool is_promote);
 static void s_rollback(s_op_t *op);
-static bool s_name_is_valid(const char *s);
-static const char *s_shown(const char *name);
-static void s_renew(s_op_t *op);
 
 const sn_role_t cloudflare_deployer_role = {
     .name = "cloudflare-deployer",
@@ -148,15 +136,12 @@ static sn_rc_t s_init(sn_ctx_t *ctx, void **state)
 {
     const sn_config_t *cfg = sn_ctx_config(ctx);
     const char *state_dir = cfg->state_dir ? cfg->state_dir : "./var";
-    char *artifacts =
-        cfg->artifact_dir ? sn_strdup(cfg->artifact_dir) : sn_strdupf("%s/artifacts", state_dir);
     s_state_t *st = sn_calloc(1, sizeof *st);
     *state = st;
     st->cfg = cfg;
     st->instance = sn_strdup(sn_ctx_instance(ctx));
-    st->store = sn_artifact_new(artifacts, sn_ctx_redis(ctx));
+    st->store = sn_deploy_op_store_new(ctx);
     st->work_dir = sn_strdupf("%s/cloudflare", state_dir);
-    free(artifacts);
     if (!st->store || (mkdir(st->work_dir, 0700) != 0 && errno != EEXIST)) {
         sn_error(LOG_MODULE, "cannot use work dir %s or the artifact store: %s", st->work_dir,
                  strerror(errno));
@@ -205,58 +190,10 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
 
 static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
 {
-    const sn_envelope_t *env = sn_request_envelope(req);
-    if (env->body_case != SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST || !env->deploy_request) {
-        sn_info(LOG_MODULE, "refused request: body is not a deploy_request");
-        sn_request_nak(ctx, req, "invalid");
-        return;
-    }
-    sn_request_defer(ctx, req, s_job, state);
+    sn_deploy_op_defer(ctx, req, LOG_MODULE, s_job, state);
 }
 
 /* ---- the job ----------------------------------------------------------------------------- */
-
-typedef enum { S_CLAIMED, S_ANSWERED, S_REFUSED } s_claim_t;
-
-/* Claims ledger job @job_id before any side effect. S_ANSWERED: it finished before and
- * its stored result is the answer; S_REFUSED: the reason is set. */
-static s_claim_t s_claim(s_op_t *op, const char *job_id)
-{
-    if (!sn_ledger_id_is_valid(job_id)) {
-        s_fail(op, false, "malformed job id");
-        return S_REFUSED;
-    }
-    Sentinel__V1__JobSpec *spec = NULL;
-    sn_rc_t rc =
-        sn_ledger_claim(sn_ctx_ledger(op->ctx), job_id, op->st->instance, 0, &op->epoch, &spec);
-    if (rc == SN_OK) {
-        op->job_id = job_id;
-        op->lease_ms = spec && spec->lease_ms > 0 ? spec->lease_ms : 30000;
-        op->renewed_ms = sn_mono_ms();
-        sn_ledger_spec_free(&spec);
-        return S_CLAIMED;
-    }
-    sn_ledger_job_t job = {0};
-    bool has_job =
-        rc == SN_DECLINED && sn_ledger_get(sn_ctx_ledger(op->ctx), job_id, &job) == SN_OK;
-    if (has_job && job.state == SN_JOB_DONE && job.result_len > 0 &&
-        s_answer_stored(op, job.result, job.result_len)) {
-        sn_ledger_job_fini(&job);
-        sn_info(LOG_MODULE, "%s job=%s already done: answered its stored result", op->opname,
-                job_id);
-        return S_ANSWERED;
-    }
-    if (has_job)
-        s_fail(op, job.state == SN_JOB_CLAIMED, "job %s is %s%s%s", job_id,
-               sn_job_state_str(job.state), job.state == SN_JOB_CLAIMED ? " by " : "",
-               job.state == SN_JOB_CLAIMED && job.owner ? job.owner : "");
-    else
-        s_fail(op, rc == SN_AGAIN, "cannot claim job %s: %s", job_id,
-               rc == SN_AGAIN ? "redis unavailable" : "unknown job");
-    if (has_job)
-        sn_ledger_job_fini(&job);
-    return S_REFUSED;
-}
 
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_envelope_t *reply,
                      const char **nak_reason)
@@ -264,66 +201,43 @@ static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_en
     (void)nak_reason;
     sn_request_t *req = (sn_request_t *)creq;
     s_state_t *st = state;
-    const sn_envelope_t *env = sn_request_envelope(req);
-    const Sentinel__V1__DeployRequest *in = env->deploy_request;
-    static Sentinel__V1__Deploy s_empty = SENTINEL__V1__DEPLOY__INIT;
+    const Sentinel__V1__DeployRequest *in = sn_request_envelope(req)->deploy_request;
     s_op_t op = {.ctx = ctx, .st = st, .req = req, .in = in};
-    op.dep = in->deploy ? in->deploy : &s_empty;
-    op.res = sn_request_alloc(req, sizeof *op.res);
-    sentinel__v1__deploy_result__init(op.res);
-    op.out = sn_request_alloc(req, sizeof *op.out);
-    *op.out = *op.dep; /* shallow: the strings live in the request envelope */
+    op.dop = sn_deploy_op_begin(ctx, req, reply, LOG_MODULE);
+    op.dep = sn_deploy_op_deploy(op.dop);
+    op.res = sn_deploy_op_result(op.dop);
+    op.out = sn_deploy_op_out(op.dop);
     op.out->provider = TARGET_TYPE;
-    op.res->deploy = op.out;
-    op.res->ok = true;
-    reply->type = "deploy.result";
-    reply->body_case = SENTINEL__V1__ENVELOPE__BODY_DEPLOY_RESULT;
-    reply->deploy_result = op.res;
     const char *opname = in->op && *in->op ? in->op : "";
     bool is_known_op = strcmp(opname, "stage") == 0 || strcmp(opname, "promote") == 0 ||
                        strcmp(opname, "rollback") == 0;
     op.opname = is_known_op ? opname : "unknown-op";
     int64_t t0 = sn_mono_ms();
 
-    const char *job_id = sn_envelope_label(env, "job_id");
-    s_claim_t claim = job_id ? s_claim(&op, job_id) : S_CLAIMED;
-    if (claim == S_ANSWERED)
+    sn_deploy_op_claim_t claim = sn_deploy_op_claim(op.dop, st->instance, op.opname);
+    if (claim == SN_DEPLOY_OP_ANSWERED)
         return SN_OK;
-    if (claim == S_REFUSED)
+    if (claim == SN_DEPLOY_OP_REFUSED)
         goto log;
     s_run(&op);
-    op.out->finished_unix_ms = sn_wall_ms();
-    if (!op.res->ok) {
-        op.out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED;
-        op.out->error = op.res->reason;
-    }
-    if (op.job_id) {
-        size_t len = sentinel__v1__deploy_result__get_packed_size(op.res);
-        uint8_t *bytes = sn_malloc(len ? len : 1);
-        sentinel__v1__deploy_result__pack(op.res, bytes);
-        sn_rc_t rc =
-            sn_ledger_complete(sn_ctx_ledger(ctx), op.job_id, op.epoch, op.res->ok, bytes, len);
-        free(bytes);
-        if (rc != SN_OK)
-            sn_warn(LOG_MODULE, "%s job=%s epoch=%llu not completed: %s (lease lapsed?)", op.opname,
-                    op.job_id, (unsigned long long)op.epoch, sn_rc_str(rc));
-    }
+    sn_deploy_op_finish(op.dop);
+    sn_deploy_op_complete(op.dop, op.opname);
 log:
-    if (job_id && !sn_ledger_id_is_valid(job_id))
-        job_id = "(invalid)";
     if (op.res->ok)
         sn_info(LOG_MODULE,
                 "%s ok target=%s deploy=%s deployment=%s url=%s previous=%s job=%s ms=%lld",
-                op.opname, s_shown(op.dep->target), s_shown(op.dep->deploy_id),
+                op.opname, sn_deploy_op_name_shown(op.dep->target),
+                sn_deploy_op_name_shown(op.dep->deploy_id),
                 op.out->provider_deployment_id ? op.out->provider_deployment_id : "",
                 strcmp(opname, "stage") == 0 ? (op.out->preview_url ? op.out->preview_url : "")
                                              : (op.out->live_url ? op.out->live_url : ""),
                 op.out->previous_release_id ? op.out->previous_release_id : "",
-                job_id ? job_id : "-", (long long)(sn_mono_ms() - t0));
+                sn_deploy_op_job_shown(op.dop), (long long)(sn_mono_ms() - t0));
     else
         sn_warn(LOG_MODULE, "%s failed target=%s deploy=%s job=%s transient=%d reason=%s",
-                op.opname, s_shown(op.dep->target), s_shown(op.dep->deploy_id),
-                job_id ? job_id : "-", op.res->is_transient, op.res->reason);
+                op.opname, sn_deploy_op_name_shown(op.dep->target),
+                sn_deploy_op_name_shown(op.dep->deploy_id), sn_deploy_op_job_shown(op.dop),
+                op.res->is_transient, op.res->reason);
     return SN_OK;
 }
 
@@ -334,38 +248,41 @@ static void s_run(s_op_t *op)
     const Sentinel__V1__Deploy *d = op->dep;
     bool is_rollback = strcmp(opname, "rollback") == 0;
     if (strcmp(op->opname, "unknown-op") == 0) {
-        s_fail(op, false, "unknown op '%s' (stage, promote, rollback)", s_shown(opname));
+        sn_deploy_op_fail(op->dop, false, "unknown op '%s' (stage, promote, rollback)",
+                          sn_deploy_op_name_shown(opname));
         return;
     }
     if (!op->in->deploy) {
-        s_fail(op, false, "missing deploy");
+        sn_deploy_op_fail(op->dop, false, "missing deploy");
         return;
     }
-    if (!s_name_is_valid(d->deploy_id) && !(is_rollback && !*d->deploy_id)) {
-        s_fail(op, false, "invalid deploy id");
+    if (!sn_deploy_op_name_is_valid(d->deploy_id) && !(is_rollback && !*d->deploy_id)) {
+        sn_deploy_op_fail(op->dop, false, "invalid deploy id");
         return;
     }
-    if (!s_name_is_valid(d->target)) {
-        s_fail(op, false, "invalid target name");
+    if (!sn_deploy_op_name_is_valid(d->target)) {
+        sn_deploy_op_fail(op->dop, false, "invalid target name");
         return;
     }
-    if (!s_name_is_valid(d->project) || !s_name_is_valid(d->environment) ||
-        (d->run_id && *d->run_id && !s_name_is_valid(d->run_id))) {
-        s_fail(op, false, "invalid project, environment or run id");
+    if (!sn_deploy_op_name_is_valid(d->project) || !sn_deploy_op_name_is_valid(d->environment) ||
+        (d->run_id && *d->run_id && !sn_deploy_op_name_is_valid(d->run_id))) {
+        sn_deploy_op_fail(op->dop, false, "invalid project, environment or run id");
         return;
     }
     for (size_t i = 0; i < op->st->target_count && !op->target; i++)
         if (op->st->targets[i].cfg->name && strcmp(op->st->targets[i].cfg->name, d->target) == 0)
             op->target = &op->st->targets[i];
     if (!op->target) {
-        s_fail(op, false, "unknown target '%s' (no cloudflare_pages target of that name)",
-               d->target);
+        sn_deploy_op_fail(op->dop, false,
+                          "unknown target '%s' (no cloudflare_pages target of that name)",
+                          d->target);
         return;
     }
     const sn_target_config_t *t = op->target->cfg;
-    if (!t->token || !*t->token || !s_name_is_valid(t->account_id) ||
-        !s_name_is_valid(t->project)) {
-        s_fail(op, false, "target '%s' needs token, account_id and project", d->target);
+    if (!t->token || !*t->token || !sn_deploy_op_name_is_valid(t->account_id) ||
+        !sn_deploy_op_name_is_valid(t->project)) {
+        sn_deploy_op_fail(op->dop, false, "target '%s' needs token, account_id and project",
+                          d->target);
         return;
     }
     const char *base = t->api_base && *t->api_base ? t->api_base : DEFAULT_API_BASE;
@@ -386,7 +303,7 @@ static void s_run(s_op_t *op)
     sn_provider_budget_init(&op->budget, 1, op->deadline_ms);
     op->http = sn_http_new();
     if (!op->http) {
-        s_fail(op, true, "no HTTP client");
+        sn_deploy_op_fail(op->dop, true, "no HTTP client");
     } else if (is_rollback) {
         s_rollback(op);
     } else {
@@ -401,60 +318,6 @@ static void s_run(s_op_t *op)
     }
     free(op->project_url);
     free(op->api);
-}
-
-/* Marks the result failed with a reason (request-owned copy). */
-static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    op->res->ok = false;
-    op->res->is_transient = is_transient;
-    op->res->reason = sn_request_strdup(op->req, buf);
-}
-
-/* Fills the reply from a DeployResult stored with a finished job. False if unreadable. */
-static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len)
-{
-    Sentinel__V1__DeployResult *done = sentinel__v1__deploy_result__unpack(NULL, len, bytes);
-    if (!done)
-        return false;
-    op->res->ok = done->ok;
-    op->res->is_transient = done->is_transient;
-    if (done->reason && *done->reason)
-        op->res->reason = sn_request_strdup(op->req, done->reason);
-    const Sentinel__V1__Deploy *d = done->deploy;
-    if (d) {
-        op->out->phase = d->phase;
-        op->out->preview_url = sn_request_strdup(op->req, d->preview_url);
-        op->out->live_url = sn_request_strdup(op->req, d->live_url);
-        op->out->release_id = sn_request_strdup(op->req, d->release_id);
-        op->out->previous_release_id = sn_request_strdup(op->req, d->previous_release_id);
-        op->out->provider_deployment_id = sn_request_strdup(op->req, d->provider_deployment_id);
-        op->out->error = sn_request_strdup(op->req, d->error);
-        op->out->staged_unix_ms = d->staged_unix_ms;
-        op->out->promoted_unix_ms = d->promoted_unix_ms;
-        op->out->finished_unix_ms = d->finished_unix_ms;
-    }
-    sentinel__v1__deploy_result__free_unpacked(done, NULL);
-    return true;
-}
-
-static void s_renew(s_op_t *op)
-{
-    if (!op->job_id || op->is_lease_lost)
-        return;
-    int64_t now = sn_mono_ms();
-    if (now - op->renewed_ms < op->lease_ms / 3)
-        return;
-    sn_rc_t rc = sn_ledger_renew(sn_ctx_ledger(op->ctx), op->job_id, op->epoch, 0, NULL);
-    if (rc == SN_OK)
-        op->renewed_ms = now;
-    else if (rc == SN_DECLINED)
-        op->is_lease_lost = true;
 }
 
 /* ---- the API ------------------------------------------------------------------------------ */
@@ -492,8 +355,8 @@ static sn_rc_t s_api(s_op_t *op, const char *method, const char *url, const char
     *result = NULL;
     op->api_code = 0;
     op->api_reason[0] = '\0';
-    s_renew(op);
-    if (op->is_lease_lost) {
+    sn_deploy_op_renew(op->dop);
+    if (sn_deploy_op_is_lease_lost(op->dop)) {
         snprintf(op->api_reason, sizeof op->api_reason, "job lease lost");
         return SN_AGAIN;
     }
@@ -752,7 +615,7 @@ static sn_rc_t s_walk(s_op_t *op, const char *dir, const char *rel, s_files_t *o
 {
     DIR *d = opendir(dir);
     if (!d) {
-        s_fail(op, true, "cannot read %s: %s", dir, strerror(errno));
+        sn_deploy_op_fail(op->dop, true, "cannot read %s: %s", dir, strerror(errno));
         return SN_ERROR;
     }
     sn_rc_t rc = SN_OK;
@@ -779,21 +642,23 @@ static sn_rc_t s_walk(s_op_t *op, const char *dir, const char *rel, s_files_t *o
                     special = (long)i;
             size_t size = 0;
             if ((size_t)sb.st_size > MAX_FILE_BYTES) {
-                s_fail(op, false, "file %.200s is %lld bytes, over Cloudflare's 25 MiB", path,
-                       (long long)sb.st_size);
+                sn_deploy_op_fail(op->dop, false,
+                                  "file %.200s is %lld bytes, over Cloudflare's 25 MiB", path,
+                                  (long long)sb.st_size);
                 rc = SN_ERROR;
             } else if (special >= 0) {
                 free(out->special[special]);
                 out->special[special] = s_read_all(abs, MAX_FILE_BYTES, &size);
             } else if (out->count >= (size_t)op->max_files) {
-                s_fail(op, false, "more than %d files (Cloudflare's limit)", op->max_files);
+                sn_deploy_op_fail(op->dop, false, "more than %d files (Cloudflare's limit)",
+                                  op->max_files);
                 rc = SN_ERROR;
             } else {
                 out->items = sn_realloc(out->items, (out->count + 1) * sizeof *out->items);
                 s_file_t *f = &out->items[out->count];
                 memset(f, 0, sizeof *f);
                 if (s_hash_file(abs, path, f->hash, &f->size) != SN_OK) {
-                    s_fail(op, true, "cannot read %.200s", path);
+                    sn_deploy_op_fail(op->dop, true, "cannot read %.200s", path);
                     rc = SN_ERROR;
                 } else {
                     f->path = path;
@@ -814,16 +679,7 @@ static sn_rc_t s_walk(s_op_t *op, const char *dir, const char *rel, s_files_t *o
 /* Writes the release identity into the extracted site. */
 static sn_rc_t s_write_identity(s_op_t *op, const char *site)
 {
-    const Sentinel__V1__Deploy *d = op->dep;
-    Sentinel__V1__ReleaseIdentity id = SENTINEL__V1__RELEASE_IDENTITY__INIT;
-    id.deploy_id = d->deploy_id;
-    id.run_id = d->run_id;
-    id.commit = op->in->commit ? op->in->commit : "";
-    id.project = d->project;
-    id.environment = d->environment;
-    id.target = d->target;
-    id.created_unix_ms = sn_wall_ms();
-    char *json = sn_json_dumps_message(&id.base, JSON_COMPACT);
+    char *json = sn_deploy_op_identity_json(op->dop);
     char *wk = sn_strdupf("%s/.well-known", site);
     char *path = sn_strdupf("%s" IDENTITY_PATH, site);
     sn_rc_t rc = SN_ERROR;
@@ -840,7 +696,7 @@ static sn_rc_t s_write_identity(s_op_t *op, const char *site)
         }
     }
     if (rc != SN_OK)
-        s_fail(op, true, "cannot write the release identity: %s", strerror(errno));
+        sn_deploy_op_fail(op->dop, true, "cannot write the release identity: %s", strerror(errno));
     free(path);
     free(wk);
     free(json);
@@ -920,7 +776,7 @@ static sn_rc_t s_upload(s_op_t *op, const s_files_t *files, const json_t *missin
             size_t len = 0;
             char *content = s_read_all(f->abs, MAX_FILE_BYTES, &len);
             if (!content) {
-                s_fail(op, true, "cannot read %.200s", f->path);
+                sn_deploy_op_fail(op->dop, true, "cannot read %.200s", f->path);
                 rc = SN_ERROR;
                 break;
             }
@@ -962,7 +818,7 @@ static sn_rc_t s_prepare(s_op_t *op, s_files_t *files, json_t **manifest)
     const char *sha = op->in->artifact_sha256;
     *manifest = NULL;
     if (!sn_artifact_sha_is_valid(sha)) {
-        s_fail(op, false, "invalid artifact sha256");
+        sn_deploy_op_fail(op->dop, false, "invalid artifact sha256");
         return SN_ERROR;
     }
     char rnd[17];
@@ -970,11 +826,11 @@ static sn_rc_t s_prepare(s_op_t *op, s_files_t *files, json_t **manifest)
     char *site = sn_strdupf("%s/site-%s-%s", op->st->work_dir, op->dep->deploy_id, rnd);
     sn_rc_t rc = sn_artifact_extract(op->st->store, sha, site);
     if (rc != SN_OK) {
-        s_fail(op, rc == SN_AGAIN,
-               rc == SN_DECLINED ? "artifact %s is not in the store"
-               : rc == SN_AGAIN  ? "artifact %s could not be read"
-                                 : "artifact %s is corrupted or unsafe (refused)",
-               sha);
+        sn_deploy_op_fail(op->dop, rc == SN_AGAIN,
+                          rc == SN_DECLINED ? "artifact %s is not in the store"
+                          : rc == SN_AGAIN  ? "artifact %s could not be read"
+                                            : "artifact %s is corrupted or unsafe (refused)",
+                          sha);
         free(site);
         return SN_ERROR;
     }
@@ -983,7 +839,7 @@ static sn_rc_t s_prepare(s_op_t *op, s_files_t *files, json_t **manifest)
     if (rc == SN_OK)
         rc = s_upload_token(op); /* before the walk: the JWT caps the file count */
     if (rc != SN_OK && op->res->ok)
-        s_fail(op, rc == SN_AGAIN, "upload token: %s", op->api_reason);
+        sn_deploy_op_fail(op->dop, rc == SN_AGAIN, "upload token: %s", op->api_reason);
     if (rc == SN_OK)
         rc = s_walk(op, site, "", files);
     json_t *missing = NULL;
@@ -992,12 +848,12 @@ static sn_rc_t s_prepare(s_op_t *op, s_files_t *files, json_t **manifest)
         *manifest = s_manifest(files);
         rc = s_check_missing(op, *manifest, &missing);
         if (rc != SN_OK)
-            s_fail(op, rc == SN_AGAIN, "check-missing: %s", op->api_reason);
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN, "check-missing: %s", op->api_reason);
     }
     if (rc == SN_OK && json_array_size(missing) > 0) {
         rc = s_upload(op, files, missing, &uploaded, &bytes);
         if (rc != SN_OK && op->res->ok)
-            s_fail(op, rc == SN_AGAIN, "upload: %s", op->api_reason);
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN, "upload: %s", op->api_reason);
     }
     if (rc == SN_OK) {
         char *body = s_hashes_body(*manifest);
@@ -1100,7 +956,7 @@ static sn_rc_t s_create(s_op_t *op, const char *branch, const json_t *manifest,
     size_t len = 0;
     s_part(&body, &len, boundary, "manifest", mtext);
     s_part(&body, &len, boundary, "branch", branch);
-    if (op->in->commit && *op->in->commit && s_name_is_valid(op->in->commit))
+    if (op->in->commit && *op->in->commit && sn_deploy_op_name_is_valid(op->in->commit))
         s_part(&body, &len, boundary, "commit_hash", op->in->commit);
     s_part(&body, &len, boundary, "commit_message", message);
     s_part(&body, &len, boundary, "commit_dirty", "false");
@@ -1118,7 +974,7 @@ static sn_rc_t s_create(s_op_t *op, const char *branch, const json_t *manifest,
     sn_rc_t rc = s_api(op, "POST", url, op->auth_api, ctype, body, len, false, &r);
     if (rc == SN_OK) {
         const char *did = s_jstr(r, "id");
-        if (did && *did && strlen(did) < 128 && s_name_is_valid(did)) {
+        if (did && *did && strlen(did) < 128 && sn_deploy_op_name_is_valid(did)) {
             *id = sn_strdup(did);
         } else {
             snprintf(op->api_reason, sizeof op->api_reason, "create answered no deployment id");
@@ -1234,31 +1090,32 @@ static sn_rc_t s_follow(s_op_t *op, const char *id, s_follow_t *f)
         json_t *r = NULL;
         rc = s_api(op, "GET", url, op->auth_api, NULL, NULL, 0, true, &r);
         if (rc != SN_OK) {
-            s_fail(op, rc == SN_AGAIN || op->api_code == 0, "following deployment %s: %s", id,
-                   op->api_reason);
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN || op->api_code == 0,
+                              "following deployment %s: %s", id, op->api_reason);
             break;
         }
         s_read_deployment(r, f);
         json_decref(r);
         if (f->is_done)
             break;
-        if (sn_ctx_is_stopping(op->ctx) || op->is_lease_lost) {
-            s_fail(op, true, "stopped while following deployment %s (%s)", id,
-                   op->is_lease_lost ? "job lease lost" : "shutdown");
+        if (sn_ctx_is_stopping(op->ctx) || sn_deploy_op_is_lease_lost(op->dop)) {
+            sn_deploy_op_fail(op->dop, true, "stopped while following deployment %s (%s)", id,
+                              sn_deploy_op_is_lease_lost(op->dop) ? "job lease lost" : "shutdown");
             rc = SN_AGAIN;
             break;
         }
         if (!sn_provider_sleep(interval, op->deadline_ms)) {
-            s_fail(op, true, "deployment %s not finished before the deadline (stage %s %s)", id,
-                   f->stage, f->status);
+            sn_deploy_op_fail(op->dop, true,
+                              "deployment %s not finished before the deadline (stage %s %s)", id,
+                              f->stage, f->status);
             rc = SN_AGAIN;
             break;
         }
     }
     if (rc == SN_OK && !f->is_success) {
         char *line = s_last_log_line(op, id);
-        s_fail(op, false, "deployment %s failed in stage %s (%s)%s%s", id, f->stage, f->status,
-               line ? ": " : "", line ? line : "");
+        sn_deploy_op_fail(op->dop, false, "deployment %s failed in stage %s (%s)%s%s", id, f->stage,
+                          f->status, line ? ": " : "", line ? line : "");
         free(line);
         rc = SN_ERROR;
     }
@@ -1286,7 +1143,7 @@ static sn_rc_t s_deployment_for(s_op_t *op, bool is_promote, const char *branch,
     *is_resumed = false;
     sn_rc_t rc = sn_provider_record_get(redis, did, f_id, id);
     if (rc == SN_AGAIN) {
-        s_fail(op, true, "deploy record unreadable (redis)");
+        sn_deploy_op_fail(op->dop, true, "deploy record unreadable (redis)");
         return SN_AGAIN;
     }
     if (rc == SN_OK) {
@@ -1304,7 +1161,7 @@ static sn_rc_t s_deployment_for(s_op_t *op, bool is_promote, const char *branch,
             goto record;
         }
         if (rc != SN_DECLINED) {
-            s_fail(op, rc == SN_AGAIN, "listing deployments: %s", op->api_reason);
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN, "listing deployments: %s", op->api_reason);
             return rc;
         }
     }
@@ -1313,14 +1170,14 @@ static sn_rc_t s_deployment_for(s_op_t *op, bool is_promote, const char *branch,
         json_t *p = NULL;
         rc = s_api(op, "GET", op->project_url, op->auth_api, NULL, NULL, 0, true, &p);
         if (rc != SN_OK) {
-            s_fail(op, rc == SN_AGAIN, "reading the project: %s", op->api_reason);
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN, "reading the project: %s", op->api_reason);
             return rc;
         }
         const char *prev = s_jstr(json_object_get(p, "canonical_deployment"), "id");
-        if (prev && s_name_is_valid(prev) &&
+        if (prev && sn_deploy_op_name_is_valid(prev) &&
             sn_provider_record_set(redis, did, f_prev, prev, NULL) == SN_AGAIN) {
             json_decref(p);
-            s_fail(op, true, "deploy record unwritable (redis)");
+            sn_deploy_op_fail(op->dop, true, "deploy record unwritable (redis)");
             return SN_AGAIN;
         }
         json_decref(p);
@@ -1348,7 +1205,7 @@ static sn_rc_t s_deployment_for(s_op_t *op, bool is_promote, const char *branch,
         rc = sn_provider_record_put(redis, did, f_manifest, text);
         free(text);
         if (rc != SN_OK) {
-            s_fail(op, true, "deploy record unwritable (redis)");
+            sn_deploy_op_fail(op->dop, true, "deploy record unwritable (redis)");
             json_decref(manifest);
             s_files_fini(&files);
             return SN_AGAIN;
@@ -1360,7 +1217,7 @@ static sn_rc_t s_deployment_for(s_op_t *op, bool is_promote, const char *branch,
     char now[24];
     snprintf(now, sizeof now, "%lld", (long long)sn_wall_ms());
     if (sn_provider_record_put(redis, did, f_marker, now) != SN_OK) {
-        s_fail(op, true, "deploy record unwritable (redis)");
+        sn_deploy_op_fail(op->dop, true, "deploy record unwritable (redis)");
         json_decref(manifest);
         s_files_fini(&files);
         return SN_AGAIN;
@@ -1370,7 +1227,7 @@ static sn_rc_t s_deployment_for(s_op_t *op, bool is_promote, const char *branch,
         if (rc == SN_OK)
             break;
         if (rc == SN_ERROR && op->api_code != CODE_UNKNOWN) {
-            s_fail(op, false, "create deployment refused: %s", op->api_reason);
+            sn_deploy_op_fail(op->dop, false, "create deployment refused: %s", op->api_reason);
             break;
         }
         char why[256];
@@ -1379,7 +1236,7 @@ static sn_rc_t s_deployment_for(s_op_t *op, bool is_promote, const char *branch,
         if (frc == SN_OK)
             break;
         if (frc != SN_DECLINED || op->retries_left <= 0 || sn_ctx_is_stopping(op->ctx)) {
-            s_fail(op, true, "create deployment: %s", why);
+            sn_deploy_op_fail(op->dop, true, "create deployment: %s", why);
             rc = SN_AGAIN;
             break;
         }
@@ -1455,7 +1312,7 @@ static void s_stage_or_promote(s_op_t *op, bool is_promote)
         op->out->promoted_unix_ms = sn_wall_ms();
     }
     if (!(is_promote ? op->out->live_url : op->out->preview_url))
-        s_fail(op, false, "deployment %s has no url", id);
+        sn_deploy_op_fail(op->dop, false, "deployment %s has no url", id);
 out:
     s_follow_fini(&f);
     free(id);
@@ -1488,16 +1345,16 @@ static void s_rollback(s_op_t *op)
     char *promoted = NULL;
     json_t *p = NULL, *r = NULL;
     if (to && *to) {
-        if (!s_name_is_valid(to)) {
-            s_fail(op, false, "invalid to_release_id");
+        if (!sn_deploy_op_name_is_valid(to)) {
+            sn_deploy_op_fail(op->dop, false, "invalid to_release_id");
             goto out;
         }
         /* A Sentinel deploy id (not a Cloudflare deployment id): its production one. */
         if (!s_is_uuid(to)) {
             sn_rc_t rc = sn_provider_record_get(redis, to, "promote.deployment_id", &target);
             if (rc != SN_OK) {
-                s_fail(op, rc == SN_AGAIN, "release %s is not a deployment this deployer made live",
-                       to);
+                sn_deploy_op_fail(op->dop, rc == SN_AGAIN,
+                                  "release %s is not a deployment this deployer made live", to);
                 goto out;
             }
         } else {
@@ -1507,7 +1364,7 @@ static void s_rollback(s_op_t *op)
         sn_rc_t rc =
             sn_provider_record_get(redis, d->deploy_id, "promote.deployment_id", &promoted);
         if (rc == SN_AGAIN) {
-            s_fail(op, true, "deploy record unreadable (redis)");
+            sn_deploy_op_fail(op->dop, true, "deploy record unreadable (redis)");
             goto out;
         }
         if (rc == SN_DECLINED) {
@@ -1518,17 +1375,18 @@ static void s_rollback(s_op_t *op)
             goto out;
         }
         if (sn_provider_record_get(redis, d->deploy_id, "promote.previous", &target) != SN_OK) {
-            s_fail(op, false, "no production deployment before %s to return to", d->deploy_id);
+            sn_deploy_op_fail(op->dop, false, "no production deployment before %s to return to",
+                              d->deploy_id);
             goto out;
         }
     } else {
-        s_fail(op, false, "rollback needs to_release_id or a deploy id");
+        sn_deploy_op_fail(op->dop, false, "rollback needs to_release_id or a deploy id");
         goto out;
     }
     /* Already live (a retry): done. */
     sn_rc_t rc = s_api(op, "GET", op->project_url, op->auth_api, NULL, NULL, 0, true, &p);
     if (rc != SN_OK) {
-        s_fail(op, rc == SN_AGAIN, "reading the project: %s", op->api_reason);
+        sn_deploy_op_fail(op->dop, rc == SN_AGAIN, "reading the project: %s", op->api_reason);
         goto out;
     }
     const char *live = s_jstr(json_object_get(p, "canonical_deployment"), "id");
@@ -1536,8 +1394,8 @@ static void s_rollback(s_op_t *op)
     s_follow_t f = {0};
     if (live_before && strcmp(live_before, target) == 0) {
         s_read_deployment(json_object_get(p, "canonical_deployment"), &f);
-        sn_info(LOG_MODULE, "rollback deploy=%s: %s is live already", s_shown(d->deploy_id),
-                target);
+        sn_info(LOG_MODULE, "rollback deploy=%s: %s is live already",
+                sn_deploy_op_name_shown(d->deploy_id), target);
     } else {
         char *url = sn_strdupf("%s/deployments/%s/rollback", op->project_url, target);
         rc = s_api(op, "POST", url, op->auth_api, NULL, NULL, 0, false, &r);
@@ -1545,8 +1403,8 @@ static void s_rollback(s_op_t *op)
         if (rc == SN_OK) {
             s_read_deployment(r, &f);
         } else {
-            s_fail(op, rc == SN_AGAIN || op->api_code == CODE_UNKNOWN, "rollback to %s: %s", target,
-                   op->api_reason);
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN || op->api_code == CODE_UNKNOWN,
+                              "rollback to %s: %s", target, op->api_reason);
             free(live_before);
             goto out;
         }
@@ -1570,22 +1428,3 @@ out:
 
 /* 1..128 characters of [A-Za-z0-9._-], not starting with '.': safe in a URL path, a
  * Redis key and a log line. */
-static bool s_name_is_valid(const char *s)
-{
-    if (!s || !*s || s[0] == '.')
-        return false;
-    size_t n = 0;
-    for (; s[n]; n++) {
-        char c = s[n];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok || n >= NAME_MAX_LEN)
-            return false;
-    }
-    return true;
-}
-
-static const char *s_shown(const char *name)
-{
-    return !name || !*name ? "" : s_name_is_valid(name) ? name : "(invalid)";
-}

@@ -33,7 +33,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,14 +47,13 @@
 #include "sentinel/sn_artifact.h"
 #include "sentinel/sn_http.h"
 #include "sentinel/sn_crypto.h"
+#include "sentinel/sn_deploy_op.h"
 #include "sentinel/sn_id.h"
 #include "sentinel/sn_json.h"
-#include "sentinel/sn_ledger.h"
 #include "sentinel/sn_log.h"
 #include "sentinel/sn_redis.h"
 
 #define LOG_MODULE "local-deployer"
-#define NAME_MAX_LEN 128
 #define IDENTITY_PATH ".well-known/sentinel-release.json"
 #define IDENTITY_MAX_BYTES (64 * 1024)
 #define DEFAULT_KEEP_RELEASES 5
@@ -96,12 +94,8 @@ typedef struct {
     const Sentinel__V1__DeployRequest *in;
     const Sentinel__V1__Deploy *dep;
     const sn_target_config_t *target;
-    char *site_dir;     /* <sites>/<target> */
-    const char *job_id; /* NULL: not a ledger job */
-    uint64_t epoch;
-    int64_t lease_ms;
-    int64_t renewed_ms;
-    bool is_lease_lost;
+    char *site_dir;                  /* <sites>/<target> */
+    sn_deploy_op_t *dop;             /* the answer and the ledger job (request-owned) */
     Sentinel__V1__DeployResult *res; /* the reply body (request-owned memory) */
     Sentinel__V1__Deploy *out;
 } s_op_t;
@@ -111,13 +105,9 @@ static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req);
 static void s_destroy(sn_ctx_t *ctx, void *state);
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
                      const char **nak_reason);
-static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...) SN_PRINTF(3, 4);
-static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len);
 static void s_stage(s_op_t *op);
 static void s_promote(s_op_t *op);
 static void s_rollback(s_op_t *op);
-static bool s_name_is_valid(const char *s);
-static const char *s_shown(const char *name);
 static char *s_release_dir(s_op_t *op, const char *release_id);
 static Sentinel__V1__ReleaseIdentity *s_read_identity(const char *release_dir);
 static sn_rc_t s_write_identity(const char *release_dir,
@@ -127,7 +117,6 @@ static char *s_read_link(const char *site_dir, const char *link);
 static void s_prune(s_op_t *op);
 static sn_rc_t s_run_command(s_op_t *op, const char *what, const char *command,
                              const char *release_id, const char *release_dir);
-static void s_renew(s_op_t *op);
 static sn_rc_t s_fetch(s_op_t *op, const char *sha);
 static char *s_list_key(s_op_t *op);
 static sn_rc_t s_list_read(s_op_t *op, Sentinel__V1__ReleaseIdentity ***items, size_t *count);
@@ -152,22 +141,18 @@ static sn_rc_t s_init(sn_ctx_t *ctx, void **state)
     const sn_config_t *cfg = sn_ctx_config(ctx);
     const char *state_dir = cfg->state_dir ? cfg->state_dir : "./var";
     char *sites = sn_strdupf("%s/sites", state_dir);
-    char *artifacts =
-        cfg->artifact_dir ? sn_strdup(cfg->artifact_dir) : sn_strdupf("%s/artifacts", state_dir);
     s_state_t *st = sn_calloc(1, sizeof *st);
     st->cfg = cfg;
     st->host = sn_strdup(sn_ctx_host(ctx));
     st->instance = sn_strdup(sn_ctx_instance(ctx));
-    st->store = sn_artifact_new(artifacts, sn_ctx_redis(ctx));
+    st->store = sn_deploy_op_store_new(ctx); /* NULL: logged */
     /* The store created state_dir if needed; sites lives next to it. */
     char abs[PATH_MAX];
     if (st->store && (mkdir(sites, 0755) == 0 || errno == EEXIST) && realpath(sites, abs))
         st->sites_dir = sn_strdup(abs);
-    else
-        sn_error(LOG_MODULE, "cannot use sites dir %s or artifact dir %s: %s", sites, artifacts,
-                 strerror(errno));
+    else if (st->store)
+        sn_error(LOG_MODULE, "cannot use sites dir %s: %s", sites, strerror(errno));
     free(sites);
-    free(artifacts);
     st->target_count = cfg->target_count;
     st->targets = sn_calloc(cfg->target_count ? cfg->target_count : 1, sizeof *st->targets);
     size_t mine = 0;
@@ -202,13 +187,7 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
 
 static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
 {
-    const sn_envelope_t *env = sn_request_envelope(req);
-    if (env->body_case != SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST || !env->deploy_request) {
-        sn_info(LOG_MODULE, "refused request: body is not a deploy_request");
-        sn_request_nak(ctx, req, "invalid");
-        return;
-    }
-    sn_request_defer(ctx, req, s_job, state);
+    sn_deploy_op_defer(ctx, req, LOG_MODULE, s_job, state);
 }
 
 /* ---- the job ----------------------------------------------------------------------------- */
@@ -218,76 +197,40 @@ static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_en
 {
     sn_request_t *req = (sn_request_t *)creq;
     s_state_t *st = state;
-    const sn_envelope_t *env = sn_request_envelope(req);
-    const Sentinel__V1__DeployRequest *in = env->deploy_request;
-    static Sentinel__V1__Deploy s_empty = SENTINEL__V1__DEPLOY__INIT;
+    const Sentinel__V1__DeployRequest *in = sn_request_envelope(req)->deploy_request;
     s_op_t op = {.ctx = ctx, .st = st, .req = req, .in = in};
-    op.dep = in->deploy ? in->deploy : &s_empty;
-    op.res = sn_request_alloc(req, sizeof *op.res);
-    sentinel__v1__deploy_result__init(op.res);
-    op.out = sn_request_alloc(req, sizeof *op.out);
-    *op.out = *op.dep; /* shallow: the strings live in the request envelope */
-    op.res->deploy = op.out;
-    op.res->ok = true;
-    reply->type = "deploy.result";
-    reply->body_case = SENTINEL__V1__ENVELOPE__BODY_DEPLOY_RESULT;
-    reply->deploy_result = op.res;
+    op.dop = sn_deploy_op_begin(ctx, req, reply, LOG_MODULE);
+    op.dep = sn_deploy_op_deploy(op.dop);
+    op.res = sn_deploy_op_result(op.dop);
+    op.out = sn_deploy_op_out(op.dop);
     const char *opname = in->op && *in->op ? in->op : "";
+    bool is_known_op = strcmp(opname, "stage") == 0 || strcmp(opname, "promote") == 0 ||
+                       strcmp(opname, "rollback") == 0;
     int64_t t0 = sn_mono_ms();
 
     /* A ledger job is claimed before anything else happens. */
-    const char *job_id = sn_envelope_label(env, "job_id");
-    if (job_id) {
-        if (!sn_ledger_id_is_valid(job_id)) {
-            s_fail(&op, false, "malformed job id");
-            goto log;
-        }
-        Sentinel__V1__JobSpec *spec = NULL;
-        sn_rc_t rc = sn_ledger_claim(sn_ctx_ledger(ctx), job_id, st->instance, 0, &op.epoch, &spec);
-        if (rc == SN_OK) {
-            op.job_id = job_id;
-            op.lease_ms = spec && spec->lease_ms > 0 ? spec->lease_ms : 30000;
-            op.renewed_ms = sn_mono_ms();
-            sn_ledger_spec_free(&spec);
-        } else {
-            sn_ledger_job_t job = {0};
-            bool has_job =
-                rc == SN_DECLINED && sn_ledger_get(sn_ctx_ledger(ctx), job_id, &job) == SN_OK;
-            if (has_job && job.state == SN_JOB_DONE && job.result_len > 0 &&
-                s_answer_stored(&op, job.result, job.result_len)) {
-                /* Finished before (a retry after a lost reply): answer what it answered. */
-                sn_ledger_job_fini(&job);
-                sn_info(LOG_MODULE, "%s job=%s already done: answered its stored result", opname,
-                        job_id);
-                return SN_OK;
-            }
-            if (has_job)
-                s_fail(&op, job.state == SN_JOB_CLAIMED, "job %s is %s%s%s", job_id,
-                       sn_job_state_str(job.state), job.state == SN_JOB_CLAIMED ? " by " : "",
-                       job.state == SN_JOB_CLAIMED && job.owner ? job.owner : "");
-            else
-                s_fail(&op, rc == SN_AGAIN, "cannot claim job %s: %s", job_id,
-                       rc == SN_AGAIN ? "redis unavailable" : "unknown job");
-            if (has_job)
-                sn_ledger_job_fini(&job);
-            goto log;
-        }
-    }
+    sn_deploy_op_claim_t claim =
+        sn_deploy_op_claim(op.dop, st->instance, is_known_op ? opname : "unknown-op");
+    if (claim == SN_DEPLOY_OP_ANSWERED)
+        return SN_OK;
+    if (claim == SN_DEPLOY_OP_REFUSED)
+        goto log;
 
     /* Validation: everything that names a path is checked before it is used. */
     const char *tname = op.dep->target;
-    if (strcmp(opname, "stage") != 0 && strcmp(opname, "promote") != 0 &&
-        strcmp(opname, "rollback") != 0) {
-        s_fail(&op, false, "unknown op '%s' (stage, promote, rollback)", s_shown(opname));
+    if (!is_known_op) {
+        sn_deploy_op_fail(op.dop, false, "unknown op '%s' (stage, promote, rollback)",
+                          sn_deploy_op_name_shown(opname));
     } else if (!in->deploy) {
-        s_fail(&op, false, "missing deploy");
-    } else if (!s_name_is_valid(op.dep->deploy_id) &&
+        sn_deploy_op_fail(op.dop, false, "missing deploy");
+    } else if (!sn_deploy_op_name_is_valid(op.dep->deploy_id) &&
                !(strcmp(opname, "rollback") == 0 && !*op.dep->deploy_id)) {
-        s_fail(&op, false, "invalid deploy id");
-    } else if (!s_name_is_valid(tname)) {
-        s_fail(&op, false, "invalid target name");
-    } else if (!s_name_is_valid(op.dep->project) || !s_name_is_valid(op.dep->environment)) {
-        s_fail(&op, false, "invalid project or environment");
+        sn_deploy_op_fail(op.dop, false, "invalid deploy id");
+    } else if (!sn_deploy_op_name_is_valid(tname)) {
+        sn_deploy_op_fail(op.dop, false, "invalid target name");
+    } else if (!sn_deploy_op_name_is_valid(op.dep->project) ||
+               !sn_deploy_op_name_is_valid(op.dep->environment)) {
+        sn_deploy_op_fail(op.dop, false, "invalid project or environment");
     } else {
         s_target_t *t = NULL;
         for (size_t i = 0; i < st->target_count && !t; i++)
@@ -295,24 +238,26 @@ static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_en
                 t = &st->targets[i];
         const char *type = t && t->cfg->type ? t->cfg->type : "";
         if (!t) {
-            s_fail(&op, false, "unknown target '%s'", tname);
+            sn_deploy_op_fail(op.dop, false, "unknown target '%s'", tname);
         } else if (t->cfg->host && *t->cfg->host && strcmp(t->cfg->host, st->host) != 0) {
-            s_fail(&op, false, "target '%s' is served on host %s, not %s", tname, t->cfg->host,
-                   st->host);
+            sn_deploy_op_fail(op.dop, false, "target '%s' is served on host %s, not %s", tname,
+                              t->cfg->host, st->host);
         } else if (strcmp(type, "local_static") != 0 && strcmp(type, "local_command") != 0) {
-            s_fail(&op, false, "target '%s' has type '%s', not local_static or local_command",
-                   tname, type);
+            sn_deploy_op_fail(op.dop, false,
+                              "target '%s' has type '%s', not local_static or local_command", tname,
+                              type);
         } else {
             op.target = t->cfg;
             op.site_dir = sn_strdupf("%s/%s", st->sites_dir, tname);
             op.out->provider = (char *)type;
             pthread_mutex_lock(&t->mu);
             if (mkdir(op.site_dir, 0755) != 0 && errno != EEXIST) {
-                s_fail(&op, true, "cannot create %s: %s", op.site_dir, strerror(errno));
+                sn_deploy_op_fail(op.dop, true, "cannot create %s: %s", op.site_dir,
+                                  strerror(errno));
             } else {
                 char *rel = sn_strdupf("%s/releases", op.site_dir);
                 if (mkdir(rel, 0755) != 0 && errno != EEXIST)
-                    s_fail(&op, true, "cannot create %s: %s", rel, strerror(errno));
+                    sn_deploy_op_fail(op.dop, true, "cannot create %s: %s", rel, strerror(errno));
                 free(rel);
             }
             if (op.res->ok) {
@@ -328,83 +273,26 @@ static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_en
             pthread_mutex_unlock(&t->mu);
         }
     }
-    op.out->finished_unix_ms = sn_wall_ms();
-    if (!op.res->ok && op.out->phase != SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED) {
-        op.out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED;
-        op.out->error = op.res->reason;
-    }
-
-    if (op.job_id) {
-        size_t len = sentinel__v1__deploy_result__get_packed_size(op.res);
-        uint8_t *bytes = sn_malloc(len ? len : 1);
-        sentinel__v1__deploy_result__pack(op.res, bytes);
-        sn_rc_t rc =
-            sn_ledger_complete(sn_ctx_ledger(ctx), op.job_id, op.epoch, op.res->ok, bytes, len);
-        free(bytes);
-        if (rc != SN_OK)
-            sn_warn(LOG_MODULE, "%s job=%s epoch=%llu not completed: %s (lease lapsed?)", opname,
-                    op.job_id, (unsigned long long)op.epoch, sn_rc_str(rc));
-    }
+    sn_deploy_op_finish(op.dop);
+    sn_deploy_op_complete(op.dop, opname);
 log:
     free(op.site_dir);
     /* Only validated names reach the log line (no injected spaces or newlines). */
-    opname = strcmp(opname, "stage") == 0 || strcmp(opname, "promote") == 0 ||
-                     strcmp(opname, "rollback") == 0
-                 ? opname
-                 : "unknown-op";
-    if (job_id && !sn_ledger_id_is_valid(job_id))
-        job_id = "(invalid)";
+    opname = is_known_op ? opname : "unknown-op";
+    const char *job_id = sn_deploy_op_job_shown(op.dop);
     if (op.res->ok)
         sn_info(LOG_MODULE, "%s ok target=%s deploy=%s release=%s previous=%s job=%s ms=%lld",
-                opname, s_shown(op.dep->target), s_shown(op.dep->deploy_id),
+                opname, sn_deploy_op_name_shown(op.dep->target),
+                sn_deploy_op_name_shown(op.dep->deploy_id),
                 op.out->release_id ? op.out->release_id : "",
-                op.out->previous_release_id ? op.out->previous_release_id : "",
-                job_id ? job_id : "-", (long long)(sn_mono_ms() - t0));
+                op.out->previous_release_id ? op.out->previous_release_id : "", job_id,
+                (long long)(sn_mono_ms() - t0));
     else
         sn_warn(LOG_MODULE, "%s failed target=%s deploy=%s job=%s transient=%d reason=%s", opname,
-                s_shown(op.dep->target), s_shown(op.dep->deploy_id), job_id ? job_id : "-",
-                op.res->is_transient, op.res->reason);
+                sn_deploy_op_name_shown(op.dep->target), sn_deploy_op_name_shown(op.dep->deploy_id),
+                job_id, op.res->is_transient, op.res->reason);
     (void)nak_reason;
     return SN_OK;
-}
-
-/* Marks the result failed with a reason (request-owned copy). */
-static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    op->res->ok = false;
-    op->res->is_transient = is_transient;
-    op->res->reason = sn_request_strdup(op->req, buf);
-}
-
-/* Fills the reply from a DeployResult stored with a finished job. False if unreadable. */
-static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len)
-{
-    Sentinel__V1__DeployResult *done = sentinel__v1__deploy_result__unpack(NULL, len, bytes);
-    if (!done)
-        return false;
-    op->res->ok = done->ok;
-    op->res->is_transient = done->is_transient;
-    if (done->reason && *done->reason)
-        op->res->reason = sn_request_strdup(op->req, done->reason);
-    const Sentinel__V1__Deploy *d = done->deploy;
-    if (d) {
-        op->out->phase = d->phase;
-        op->out->preview_url = sn_request_strdup(op->req, d->preview_url);
-        op->out->live_url = sn_request_strdup(op->req, d->live_url);
-        op->out->release_id = sn_request_strdup(op->req, d->release_id);
-        op->out->previous_release_id = sn_request_strdup(op->req, d->previous_release_id);
-        op->out->error = sn_request_strdup(op->req, d->error);
-        op->out->staged_unix_ms = d->staged_unix_ms;
-        op->out->promoted_unix_ms = d->promoted_unix_ms;
-        op->out->finished_unix_ms = d->finished_unix_ms;
-    }
-    sentinel__v1__deploy_result__free_unpacked(done, NULL);
-    return true;
 }
 
 /* ---- ops --------------------------------------------------------------------------------- */
@@ -429,16 +317,18 @@ static void s_stage(s_op_t *op)
     struct stat sb;
     if (have) {
         if (!s_same_identity(have, d, commit)) {
-            s_fail(op, false, "release %s exists with another identity", d->deploy_id);
+            sn_deploy_op_fail(op->dop, false, "release %s exists with another identity",
+                              d->deploy_id);
             goto out;
         }
         /* Already staged (a retry): make sure preview points at it, answer ok. */
     } else if (lstat(dir, &sb) == 0) {
-        s_fail(op, false, "release dir %s exists without an identity", d->deploy_id);
+        sn_deploy_op_fail(op->dop, false, "release dir %s exists without an identity",
+                          d->deploy_id);
         goto out;
     } else {
         if (!sn_artifact_sha_is_valid(sha)) {
-            s_fail(op, false, "invalid artifact sha256");
+            sn_deploy_op_fail(op->dop, false, "invalid artifact sha256");
             goto out;
         }
         if (!sn_artifact_exists(op->st->store, sha) && s_fetch(op, sha) != SN_OK)
@@ -448,27 +338,21 @@ static void s_stage(s_op_t *op)
         tmp = sn_strdupf("%s/releases/.stage-%s-%s", op->site_dir, d->deploy_id, rnd);
         sn_rc_t rc = sn_artifact_extract(op->st->store, sha, tmp);
         if (rc != SN_OK) {
-            s_fail(op, rc == SN_AGAIN,
-                   rc == SN_DECLINED ? "artifact %s is not in the store"
-                   : rc == SN_AGAIN  ? "artifact %s could not be read"
-                                     : "artifact %s is corrupted or unsafe (refused)",
-                   sha);
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN,
+                              rc == SN_DECLINED ? "artifact %s is not in the store"
+                              : rc == SN_AGAIN  ? "artifact %s could not be read"
+                                                : "artifact %s is corrupted or unsafe (refused)",
+                              sha);
             goto out;
         }
-        Sentinel__V1__ReleaseIdentity id = SENTINEL__V1__RELEASE_IDENTITY__INIT;
-        id.deploy_id = d->deploy_id;
-        id.run_id = d->run_id;
-        id.commit = (char *)commit;
-        id.project = d->project;
-        id.environment = d->environment;
-        id.target = d->target;
-        id.created_unix_ms = sn_wall_ms();
+        Sentinel__V1__ReleaseIdentity id;
+        sn_deploy_op_identity(op->dop, &id);
         if (s_write_identity(tmp, &id) != SN_OK) {
-            s_fail(op, true, "cannot write the release identity");
+            sn_deploy_op_fail(op->dop, true, "cannot write the release identity");
             goto out;
         }
         if (rename(tmp, dir) != 0) {
-            s_fail(op, true, "cannot move release into place: %s", strerror(errno));
+            sn_deploy_op_fail(op->dop, true, "cannot move release into place: %s", strerror(errno));
             goto out;
         }
         free(tmp);
@@ -486,7 +370,7 @@ static void s_stage(s_op_t *op)
     }
     if (!is_local_command) {
         if (s_switch_link(op->site_dir, "preview", d->deploy_id) != SN_OK) {
-            s_fail(op, true, "cannot switch the preview link");
+            sn_deploy_op_fail(op->dop, true, "cannot switch the preview link");
             goto out;
         }
         op->out->preview_url =
@@ -527,7 +411,7 @@ static void s_promote(s_op_t *op)
     char *key = NULL;
     uint8_t *packed = NULL;
     if (!id || strcmp(id->deploy_id, d->deploy_id) != 0) {
-        s_fail(op, false, "release %s is not staged here", d->deploy_id);
+        sn_deploy_op_fail(op->dop, false, "release %s is not staged here", d->deploy_id);
         goto out;
     }
     bool is_live = current && strcmp(current, d->deploy_id) == 0;
@@ -540,7 +424,7 @@ static void s_promote(s_op_t *op)
             goto out;
     }
     if (!is_live && s_switch_link(op->site_dir, "current", d->deploy_id) != SN_OK) {
-        s_fail(op, true, "cannot switch the current link");
+        sn_deploy_op_fail(op->dop, true, "cannot switch the current link");
         goto out;
     }
     /* The history: pushed once per deploy id (the script compares whole entries, and an
@@ -563,8 +447,9 @@ static void s_promote(s_op_t *op)
     if (r)
         freeReplyObject(r);
     if (!is_pushed) {
-        s_fail(op, true, "release %s is live but not recorded in the history (redis)",
-               d->deploy_id);
+        sn_deploy_op_fail(op->dop, true,
+                          "release %s is live but not recorded in the history (redis)",
+                          d->deploy_id);
         goto out;
     }
     /* previous_release_id: what was live before, or (on a retry, when we are live
@@ -601,15 +486,15 @@ static void s_rollback(s_op_t *op)
     char *dir = NULL;
     char *target = NULL;
     if (to && *to) {
-        if (!s_name_is_valid(to)) {
-            s_fail(op, false, "invalid to_release_id");
+        if (!sn_deploy_op_name_is_valid(to)) {
+            sn_deploy_op_fail(op->dop, false, "invalid to_release_id");
             goto out;
         }
         target = sn_strdup(to);
     } else {
         sn_rc_t rc = s_list_read(op, &items, &count);
         if (rc != SN_OK) {
-            s_fail(op, rc == SN_AGAIN, "cannot read the release history");
+            sn_deploy_op_fail(op->dop, rc == SN_AGAIN, "cannot read the release history");
             goto out;
         }
         /* Back from the request's deploy (a retry lands on the same release), or from
@@ -630,8 +515,8 @@ static void s_rollback(s_op_t *op)
             op->out->live_url = (char *)s_url(op->req, op->target->url, op->target->listen);
             goto out;
         } else {
-            s_fail(op, false, "no release before %s in the history",
-                   from ? from : "(nothing live)");
+            sn_deploy_op_fail(op->dop, false, "no release before %s in the history",
+                              from ? from : "(nothing live)");
             goto out;
         }
     }
@@ -641,7 +526,7 @@ static void s_rollback(s_op_t *op)
     if (id)
         sentinel__v1__release_identity__free_unpacked(id, NULL);
     if (!is_there) {
-        s_fail(op, false, "release %s is no longer on this host", target);
+        sn_deploy_op_fail(op->dop, false, "release %s is no longer on this host", target);
         goto out;
     }
     bool is_live = current && strcmp(current, target) == 0;
@@ -654,7 +539,7 @@ static void s_rollback(s_op_t *op)
             goto out;
     }
     if (!is_live && s_switch_link(op->site_dir, "current", target) != SN_OK) {
-        s_fail(op, true, "cannot switch the current link");
+        sn_deploy_op_fail(op->dop, true, "cannot switch the current link");
         goto out;
     }
     op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLED_BACK;
@@ -673,27 +558,7 @@ out:
 
 /* 1..128 characters of [A-Za-z0-9._-], not starting with '.': safe as a path component
  * and as part of a Redis key. */
-static bool s_name_is_valid(const char *s)
-{
-    if (!s || !*s || s[0] == '.')
-        return false;
-    size_t n = 0;
-    for (; s[n]; n++) {
-        char c = s[n];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok || n >= NAME_MAX_LEN)
-            return false;
-    }
-    return true;
-}
-
 /* @name if it is a valid name, else a placeholder: for log lines. */
-static const char *s_shown(const char *name)
-{
-    return !name || !*name ? "" : s_name_is_valid(name) ? name : "(invalid)";
-}
-
 static char *s_release_dir(s_op_t *op, const char *release_id)
 {
     return sn_strdupf("%s/releases/%s", op->site_dir, release_id);
@@ -796,7 +661,7 @@ static char *s_read_link(const char *site_dir, const char *link)
     buf[n] = '\0';
     const char *slash = strrchr(buf, '/');
     const char *id = slash ? slash + 1 : buf;
-    return s_name_is_valid(id) ? sn_strdup(id) : NULL;
+    return sn_deploy_op_name_is_valid(id) ? sn_strdup(id) : NULL;
 }
 
 typedef struct {
@@ -835,7 +700,7 @@ static void s_prune(s_op_t *op)
         if (strncmp(e->d_name, ".stage-", 7) == 0) {
             if (sn_artifact_rmtree(path) == SN_OK)
                 sn_info(LOG_MODULE, "removed an interrupted stage %s", path);
-        } else if (s_name_is_valid(e->d_name)) {
+        } else if (sn_deploy_op_name_is_valid(e->d_name)) {
             Sentinel__V1__ReleaseIdentity *id = s_read_identity(path);
             rels = sn_realloc(rels, (count + 1) * sizeof *rels);
             rels[count].name = sn_strdup(e->d_name);
@@ -944,20 +809,6 @@ static void s_list_free(Sentinel__V1__ReleaseIdentity **items, size_t count)
 
 /* ---- user commands (local_command) ----------------------------------------------------------- */
 
-static void s_renew(s_op_t *op)
-{
-    if (!op->job_id || op->is_lease_lost)
-        return;
-    int64_t now = sn_mono_ms();
-    if (now - op->renewed_ms < op->lease_ms / 3)
-        return;
-    sn_rc_t rc = sn_ledger_renew(sn_ctx_ledger(op->ctx), op->job_id, op->epoch, 0, NULL);
-    if (rc == SN_OK)
-        op->renewed_ms = now;
-    else if (rc == SN_DECLINED)
-        op->is_lease_lost = true;
-}
-
 /* Runs `/bin/sh -c @command` in the release dir, in its own process group, with a
  * clean environment; a timeout (or shutdown, or a lost lease) kills the group. SN_OK if
  * it exited 0; otherwise the result is marked failed with the reason. */
@@ -983,7 +834,7 @@ static sn_rc_t s_run_command(s_op_t *op, const char *what, const char *command,
     int64_t t0 = sn_mono_ms();
     pid_t pid = fork();
     if (pid < 0) {
-        s_fail(op, true, "%s command: fork: %s", what, strerror(errno));
+        sn_deploy_op_fail(op->dop, true, "%s command: fork: %s", what, strerror(errno));
         goto out;
     }
     if (pid == 0) {
@@ -1015,13 +866,13 @@ static sn_rc_t s_run_command(s_op_t *op, const char *what, const char *command,
         if (w == pid || (w < 0 && errno != EINTR))
             break;
         int64_t now = sn_mono_ms();
-        s_renew(op);
+        sn_deploy_op_renew(op->dop);
         if (!why) {
             if (now - t0 >= timeout_ms)
                 why = "timed out";
             else if (sn_ctx_is_stopping(op->ctx))
                 why = "interrupted by shutdown";
-            else if (op->is_lease_lost)
+            else if (sn_deploy_op_is_lease_lost(op->dop))
                 why = "stopped: job lease lost";
             if (why) {
                 kill(-pid, SIGTERM);
@@ -1043,16 +894,18 @@ static sn_rc_t s_run_command(s_op_t *op, const char *what, const char *command,
     kill(-pid, SIGKILL); /* anything the command left running in its group */
     int64_t ms = sn_mono_ms() - t0;
     if (why) {
-        s_fail(op, !op->is_lease_lost, "%s command %s after %lldms", what, why, (long long)ms);
+        sn_deploy_op_fail(op->dop, !sn_deploy_op_is_lease_lost(op->dop),
+                          "%s command %s after %lldms", what, why, (long long)ms);
     } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         sn_info(LOG_MODULE, "%s command ok target=%s release=%s ms=%lld", what, d->target,
                 release_id, (long long)ms);
         rc = SN_OK;
     } else if (WIFEXITED(status)) {
-        s_fail(op, false, "%s command exited with status %d", what, WEXITSTATUS(status));
+        sn_deploy_op_fail(op->dop, false, "%s command exited with status %d", what,
+                          WEXITSTATUS(status));
     } else {
-        s_fail(op, false, "%s command killed by signal %d", what,
-               WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        sn_deploy_op_fail(op->dop, false, "%s command killed by signal %d", what,
+                          WIFSIGNALED(status) ? WTERMSIG(status) : 0);
     }
 out:
     for (size_t i = 0; envp[i]; i++)
@@ -1067,8 +920,8 @@ static bool s_fetch_progress(void *arg, uint64_t received)
 {
     (void)received;
     s_op_t *op = arg;
-    s_renew(op);
-    return !op->is_lease_lost && !sn_ctx_is_stopping(op->ctx);
+    sn_deploy_op_renew(op->dop);
+    return !sn_deploy_op_is_lease_lost(op->dop) && !sn_ctx_is_stopping(op->ctx);
 }
 
 /* One attempt: downloads into a temp file in the store and imports it. SN_OK: stored;
@@ -1149,13 +1002,15 @@ static sn_rc_t s_fetch(s_op_t *op, const char *sha)
 {
     const sn_artifact_source_config_t *src = &op->st->cfg->artifact_source;
     if (!src->url) {
-        s_fail(op, false, "artifact %s is not in the store (no artifact_source to fetch it from)",
-               sha);
+        sn_deploy_op_fail(op->dop, false,
+                          "artifact %s is not in the store (no artifact_source to fetch it from)",
+                          sha);
         return SN_ERROR;
     }
     sn_http_t *http = sn_http_new();
     if (!http) {
-        s_fail(op, true, "artifact %s is not in the store and no HTTP client could be made", sha);
+        sn_deploy_op_fail(op->dop, true,
+                          "artifact %s is not in the store and no HTTP client could be made", sha);
         return SN_AGAIN;
     }
     size_t n = strlen(src->url);
@@ -1173,7 +1028,7 @@ static sn_rc_t s_fetch(s_op_t *op, const char *sha)
         if (rc != SN_OK)
             sn_warn(LOG_MODULE, "fetch sha256=%s from=%s attempt=%d/%d failed: %s", sha, shown,
                     attempt, FETCH_ATTEMPTS, why);
-        if (op->is_lease_lost || sn_ctx_is_stopping(op->ctx))
+        if (sn_deploy_op_is_lease_lost(op->dop) || sn_ctx_is_stopping(op->ctx))
             break;
     }
     if (rc == SN_OK) {
@@ -1181,8 +1036,8 @@ static sn_rc_t s_fetch(s_op_t *op, const char *sha)
                 (long long)(sn_mono_ms() - t0));
     } else {
         /* A hash mismatch twice is a refusal (the source serves other bytes), not a blip. */
-        s_fail(op, rc == SN_AGAIN && !was_mismatch, "artifact %s not fetched from %s: %s", sha,
-               shown, why);
+        sn_deploy_op_fail(op->dop, rc == SN_AGAIN && !was_mismatch,
+                          "artifact %s not fetched from %s: %s", sha, shown, why);
     }
     free(shown);
     free(url);

@@ -29,15 +29,14 @@
 #include <jansson.h>
 
 #include "sentinel/sn_agent.h"
+#include "sentinel/sn_deploy_op.h"
 #include "sentinel/sn_http.h"
 #include "sentinel/sn_json.h"
-#include "sentinel/sn_ledger.h"
 #include "sentinel/sn_log.h"
 #include "sentinel/sn_provider.h"
 #include "sentinel/sn_redis.h"
 
 #define LOG_MODULE "railway-bridge"
-#define NAME_MAX_LEN 128
 #define DEFAULT_REQUEST_TIMEOUT_MS 30000
 #define DEFAULT_POLL_INTERVAL_MS 1000
 #define DEFAULT_OP_DEADLINE_MS (15 * 60 * 1000)
@@ -90,11 +89,7 @@ typedef struct {
     const Sentinel__V1__DeployRequest *in;
     const Sentinel__V1__Deploy *dep;
     s_target_t *t;
-    const char *job_id; /* NULL: not a ledger job */
-    uint64_t epoch;
-    int64_t lease_ms;
-    int64_t renewed_ms;
-    bool is_lease_lost;
+    sn_deploy_op_t *dop; /* the answer and the ledger job (request-owned) */
     sn_http_t *http;
     sn_provider_budget_t budget;
     int fail_left; /* failed attempts the op still tolerates (target max_attempts) */
@@ -109,7 +104,6 @@ static void s_destroy(sn_ctx_t *ctx, void *state);
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
                      const char **nak_reason);
 static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...) SN_PRINTF(3, 4);
-static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len);
 static void s_stage(s_op_t *op);
 static void s_promote(s_op_t *op);
 static void s_rollback(s_op_t *op);
@@ -118,8 +112,6 @@ static json_t *s_gql(s_op_t *op, const char *name, const char *document, json_t 
 static sn_rc_t s_latest(s_op_t *op, char **latest_id, char **active_id);
 static bool s_follow(s_op_t *op, const char *deployment_id, char **url);
 static bool s_renew(s_op_t *op);
-static bool s_name_is_valid(const char *s);
-static const char *s_shown(const char *name);
 static char *s_record_get(s_op_t *op, const char *deploy_id, const char *field, bool *is_error);
 static bool s_record_set(s_op_t *op, const char *deploy_id, const char *field, const char *value,
                          char **kept);
@@ -181,93 +173,44 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
 
 static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
 {
-    const sn_envelope_t *env = sn_request_envelope(req);
-    if (env->body_case != SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST || !env->deploy_request) {
-        sn_info(LOG_MODULE, "refused request: body is not a deploy_request");
-        sn_request_nak(ctx, req, "invalid");
-        return;
-    }
-    sn_request_defer(ctx, req, s_job, state);
+    sn_deploy_op_defer(ctx, req, LOG_MODULE, s_job, state);
 }
 
 /* ---- the job ----------------------------------------------------------------------------- */
-
-/* Claims the ledger job named by label job_id. False when the op is answered already
- * (a stored result, or a failure reason). */
-static bool s_claim(s_op_t *op, const char *job_id, const char *opname)
-{
-    if (!sn_ledger_id_is_valid(job_id)) {
-        s_fail(op, false, "malformed job id");
-        return false;
-    }
-    Sentinel__V1__JobSpec *spec = NULL;
-    sn_ledger_t *ledger = sn_ctx_ledger(op->ctx);
-    sn_rc_t rc = sn_ledger_claim(ledger, job_id, op->st->instance, 0, &op->epoch, &spec);
-    if (rc == SN_OK) {
-        op->job_id = job_id;
-        op->lease_ms = spec && spec->lease_ms > 0 ? spec->lease_ms : 30000;
-        op->renewed_ms = sn_mono_ms();
-        sn_ledger_spec_free(&spec);
-        return true;
-    }
-    sn_ledger_job_t job = {0};
-    bool has_job = rc == SN_DECLINED && sn_ledger_get(ledger, job_id, &job) == SN_OK;
-    if (has_job && job.state == SN_JOB_DONE && job.result_len > 0 &&
-        s_answer_stored(op, job.result, job.result_len)) {
-        sn_info(LOG_MODULE, "%s job=%s already done: answered its stored result", opname, job_id);
-    } else if (has_job) {
-        s_fail(op, job.state == SN_JOB_CLAIMED, "job %s is %s%s%s", job_id,
-               sn_job_state_str(job.state), job.state == SN_JOB_CLAIMED ? " by " : "",
-               job.state == SN_JOB_CLAIMED && job.owner ? job.owner : "");
-    } else {
-        s_fail(op, rc == SN_AGAIN, "cannot claim job %s: %s", job_id,
-               rc == SN_AGAIN ? "redis unavailable" : "unknown job");
-    }
-    if (has_job)
-        sn_ledger_job_fini(&job);
-    return false;
-}
 
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_envelope_t *reply,
                      const char **nak_reason)
 {
     sn_request_t *req = (sn_request_t *)creq;
     s_state_t *st = state;
-    const sn_envelope_t *env = sn_request_envelope(req);
-    const Sentinel__V1__DeployRequest *in = env->deploy_request;
-    static Sentinel__V1__Deploy s_empty = SENTINEL__V1__DEPLOY__INIT;
+    const Sentinel__V1__DeployRequest *in = sn_request_envelope(req)->deploy_request;
     s_op_t op = {.ctx = ctx, .st = st, .req = req, .in = in};
-    op.dep = in->deploy ? in->deploy : &s_empty;
-    op.res = sn_request_alloc(req, sizeof *op.res);
-    sentinel__v1__deploy_result__init(op.res);
-    op.out = sn_request_alloc(req, sizeof *op.out);
-    *op.out = *op.dep; /* shallow: the strings live in the request envelope */
-    op.res->deploy = op.out;
-    op.res->ok = true;
-    reply->type = "deploy.result";
-    reply->body_case = SENTINEL__V1__ENVELOPE__BODY_DEPLOY_RESULT;
-    reply->deploy_result = op.res;
+    op.dop = sn_deploy_op_begin(ctx, req, reply, LOG_MODULE);
+    op.dep = sn_deploy_op_deploy(op.dop);
+    op.res = sn_deploy_op_result(op.dop);
+    op.out = sn_deploy_op_out(op.dop);
     const char *opname = in->op && *in->op ? in->op : "";
     bool is_known_op = strcmp(opname, "stage") == 0 || strcmp(opname, "promote") == 0 ||
                        strcmp(opname, "rollback") == 0;
     int64_t t0 = sn_mono_ms();
-    const char *job_id = sn_envelope_label(env, "job_id");
-    if (job_id && !s_claim(&op, job_id, is_known_op ? opname : "unknown-op"))
-        goto log;
+    if (sn_deploy_op_claim(op.dop, st->instance, is_known_op ? opname : "unknown-op") !=
+        SN_DEPLOY_OP_GO)
+        goto log; /* answered with its stored result, or refused */
 
     /* Validation before any call. */
     const char *tname = op.dep->target;
     const char *to = in->to_release_id ? in->to_release_id : "";
     if (!is_known_op) {
-        s_fail(&op, false, "unknown op '%s' (stage, promote, rollback)", s_shown(opname));
+        s_fail(&op, false, "unknown op '%s' (stage, promote, rollback)",
+               sn_deploy_op_name_shown(opname));
     } else if (!in->deploy) {
         s_fail(&op, false, "missing deploy");
-    } else if (!s_name_is_valid(op.dep->deploy_id) &&
+    } else if (!sn_deploy_op_name_is_valid(op.dep->deploy_id) &&
                !(strcmp(opname, "rollback") == 0 && !*op.dep->deploy_id && *to)) {
         s_fail(&op, false, "invalid deploy id");
-    } else if (*to && !s_name_is_valid(to)) {
+    } else if (*to && !sn_deploy_op_name_is_valid(to)) {
         s_fail(&op, false, "invalid to_release_id");
-    } else if (!s_name_is_valid(tname)) {
+    } else if (!sn_deploy_op_name_is_valid(tname)) {
         s_fail(&op, false, "invalid target name");
     } else {
         for (size_t i = 0; i < st->target_count && !op.t; i++)
@@ -277,10 +220,11 @@ static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_en
         if (!op.t) {
             s_fail(&op, false, "unknown railway target '%s'", tname);
         } else if (!op.t->provider || !tc->api_base || !tc->token || !*tc->token ||
-                   !s_name_is_valid(tc->service_id) || !s_name_is_valid(tc->environment_id)) {
+                   !sn_deploy_op_name_is_valid(tc->service_id) ||
+                   !sn_deploy_op_name_is_valid(tc->environment_id)) {
             s_fail(&op, false, "target '%s' lacks api_base, token, service_id or environment_id",
                    tname);
-        } else if (strcmp(opname, "stage") == 0 && !s_name_is_valid(tc->project)) {
+        } else if (strcmp(opname, "stage") == 0 && !sn_deploy_op_name_is_valid(tc->project)) {
             s_fail(&op, false, "target '%s' needs \"project\" (the Railway project id)", tname);
         } else {
             op.out->provider = "railway";
@@ -291,7 +235,7 @@ static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_en
              * DEFAULT_OP_DEADLINE_MS while its lease is renewed. */
             int64_t deadline = sn_request_deadline_ms(req);
             int64_t now = sn_mono_ms();
-            if (op.job_id || deadline <= 0)
+            if (sn_deploy_op_job_id(op.dop) || deadline <= 0)
                 op.deadline_ms = now + DEFAULT_OP_DEADLINE_MS;
             else if (deadline > now + 2 * REPLY_MARGIN_MS)
                 op.deadline_ms = deadline - REPLY_MARGIN_MS;
@@ -316,101 +260,43 @@ static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *creq, sn_en
             sn_http_destroy(&op.http);
         }
     }
-    op.out->finished_unix_ms = sn_wall_ms();
-    if (!op.res->ok && op.out->phase != SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED) {
-        op.out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED;
-        op.out->error = op.res->reason;
-    }
-    if (op.job_id && !op.is_lease_lost) {
-        size_t len = sentinel__v1__deploy_result__get_packed_size(op.res);
-        uint8_t *bytes = sn_malloc(len ? len : 1);
-        sentinel__v1__deploy_result__pack(op.res, bytes);
-        sn_rc_t rc =
-            sn_ledger_complete(sn_ctx_ledger(ctx), op.job_id, op.epoch, op.res->ok, bytes, len);
-        free(bytes);
-        if (rc != SN_OK)
-            sn_warn(LOG_MODULE, "%s job=%s epoch=%llu not completed: %s (lease lapsed?)", opname,
-                    op.job_id, (unsigned long long)op.epoch, sn_rc_str(rc));
-    }
+    sn_deploy_op_finish(op.dop);
+    if (!sn_deploy_op_is_lease_lost(op.dop))
+        sn_deploy_op_complete(op.dop, opname);
 log:
     opname = is_known_op ? opname : "unknown-op";
-    if (job_id && !sn_ledger_id_is_valid(job_id))
-        job_id = "(invalid)";
+    const char *job_id = sn_deploy_op_job_shown(op.dop);
     if (op.res->ok)
         sn_info(LOG_MODULE,
                 "%s ok target=%s deploy=%s deployment=%s previous=%s url=%s job=%s calls=%d "
                 "ms=%lld",
-                opname, s_shown(op.dep->target), s_shown(op.dep->deploy_id),
+                opname, sn_deploy_op_name_shown(op.dep->target),
+                sn_deploy_op_name_shown(op.dep->deploy_id),
                 op.out->provider_deployment_id ? op.out->provider_deployment_id : "",
                 op.out->previous_release_id ? op.out->previous_release_id : "",
-                op.out->live_url ? op.out->live_url : "", job_id ? job_id : "-", op.budget.attempts,
+                op.out->live_url ? op.out->live_url : "", job_id, op.budget.attempts,
                 (long long)(sn_mono_ms() - t0));
     else
         sn_warn(LOG_MODULE, "%s failed target=%s deploy=%s job=%s transient=%d reason=%s", opname,
-                s_shown(op.dep->target), s_shown(op.dep->deploy_id), job_id ? job_id : "-",
-                op.res->is_transient, op.res->reason);
+                sn_deploy_op_name_shown(op.dep->target), sn_deploy_op_name_shown(op.dep->deploy_id),
+                job_id, op.res->is_transient, op.res->reason);
     (void)nak_reason;
     return SN_OK;
 }
 
-/* Marks the result failed with a reason (request-owned copy). The first failure wins. */
+/* Marks the result failed with a reason (request-owned copy). The first failure wins: a
+ * lost lease noticed while a failed op unwinds does not hide its cause. */
 static void s_fail(s_op_t *op, bool is_transient, const char *fmt, ...)
 {
     if (!op->res->ok)
         return;
-    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    sn_deploy_op_vfail(op->dop, is_transient, fmt, ap);
     va_end(ap);
-    op->res->ok = false;
-    op->res->is_transient = is_transient;
-    op->res->reason = sn_request_strdup(op->req, buf);
-}
-
-/* Fills the reply from a DeployResult stored with a finished job. False if unreadable. */
-static bool s_answer_stored(s_op_t *op, const uint8_t *bytes, size_t len)
-{
-    Sentinel__V1__DeployResult *done = sentinel__v1__deploy_result__unpack(NULL, len, bytes);
-    if (!done)
-        return false;
-    op->res->ok = done->ok;
-    op->res->is_transient = done->is_transient;
-    if (done->reason && *done->reason)
-        op->res->reason = sn_request_strdup(op->req, done->reason);
-    const Sentinel__V1__Deploy *d = done->deploy;
-    if (d) {
-        op->out->phase = d->phase;
-        op->out->provider = sn_request_strdup(op->req, d->provider);
-        op->out->preview_url = sn_request_strdup(op->req, d->preview_url);
-        op->out->live_url = sn_request_strdup(op->req, d->live_url);
-        op->out->release_id = sn_request_strdup(op->req, d->release_id);
-        op->out->previous_release_id = sn_request_strdup(op->req, d->previous_release_id);
-        op->out->provider_deployment_id = sn_request_strdup(op->req, d->provider_deployment_id);
-        op->out->error = sn_request_strdup(op->req, d->error);
-        op->out->staged_unix_ms = d->staged_unix_ms;
-        op->out->promoted_unix_ms = d->promoted_unix_ms;
-        op->out->finished_unix_ms = d->finished_unix_ms;
-    }
-    sentinel__v1__deploy_result__free_unpacked(done, NULL);
-    return true;
 }
 
 /* ---- ops --------------------------------------------------------------------------------- */
-
-/* The release identity as sn_json renders it (caller frees). */
-static char *s_identity_json(s_op_t *op)
-{
-    Sentinel__V1__ReleaseIdentity id = SENTINEL__V1__RELEASE_IDENTITY__INIT;
-    id.deploy_id = op->dep->deploy_id;
-    id.run_id = op->dep->run_id;
-    id.commit = op->in->commit ? op->in->commit : "";
-    id.project = op->dep->project;
-    id.environment = op->dep->environment;
-    id.target = op->dep->target;
-    id.created_unix_ms = sn_wall_ms();
-    return sn_json_dumps_message(&id.base, JSON_COMPACT);
-}
 
 static void s_set_urls(s_op_t *op, char *url)
 {
@@ -483,7 +369,7 @@ static void s_stage(s_op_t *op)
         }
     }
     if (!dep) {
-        identity = s_identity_json(op);
+        identity = sn_deploy_op_identity_json(op->dop);
         json_t *vars = json_pack("{s:{s:s, s:s, s:s, s:{s:s, s:s, s:s}, s:b}}", "input",
                                  "projectId", tc->project, "environmentId", tc->environment_id,
                                  "serviceId", tc->service_id, "variables", "SENTINEL_DEPLOY_ID",
@@ -507,7 +393,7 @@ static void s_stage(s_op_t *op)
         if (!r)
             goto out;
         const char *id = json_string_value(r);
-        if (!s_name_is_valid(id)) {
+        if (!sn_deploy_op_name_is_valid(id)) {
             s_fail(op, false, "railway answered serviceInstanceDeployV2 without a deployment id");
             goto out;
         }
@@ -788,7 +674,8 @@ static sn_rc_t s_latest(s_op_t *op, char **latest_id, char **active_id)
             break;
         }
     }
-    bool is_bad = (lat && !s_name_is_valid(lat)) || (act && !s_name_is_valid(act));
+    bool is_bad =
+        (lat && !sn_deploy_op_name_is_valid(lat)) || (act && !sn_deploy_op_name_is_valid(act));
     if (is_bad) {
         json_decref(si);
         s_fail(op, false, "railway LatestDeployment: malformed deployment id");
@@ -824,7 +711,7 @@ static bool s_follow(s_op_t *op, const char *deployment_id, char **url)
         }
         if (strcmp(status, last) != 0) {
             sn_info(LOG_MODULE, "railway deployment=%s status=%s deploy=%s", deployment_id, status,
-                    s_shown(op->dep->deploy_id));
+                    sn_deploy_op_name_shown(op->dep->deploy_id));
             snprintf(last, sizeof last, "%s", status);
         }
         if (strcmp(status, "SUCCESS") == 0 || strcmp(status, "SLEEPING") == 0) {
@@ -859,24 +746,10 @@ static bool s_follow(s_op_t *op, const char *deployment_id, char **url)
 /* Renews the job's lease when a third of it has passed. False (op failed) if it is lost. */
 static bool s_renew(s_op_t *op)
 {
-    if (!op->job_id)
+    if (sn_deploy_op_renew(op->dop))
         return true;
-    if (op->is_lease_lost) {
-        s_fail(op, true, "lost the lease of job %s", op->job_id);
-        return false;
-    }
-    int64_t now = sn_mono_ms();
-    if (now - op->renewed_ms < op->lease_ms / 3)
-        return true;
-    sn_rc_t rc = sn_ledger_renew(sn_ctx_ledger(op->ctx), op->job_id, op->epoch, 0, NULL);
-    if (rc == SN_OK) {
-        op->renewed_ms = now;
-    } else if (rc == SN_DECLINED) {
-        op->is_lease_lost = true;
-        s_fail(op, true, "lost the lease of job %s", op->job_id);
-        return false;
-    }
-    return true;
+    s_fail(op, true, "lost the lease of job %s", sn_deploy_op_job_id(op->dop));
+    return false;
 }
 
 /* ---- the deploy record -------------------------------------------------------------------- */
@@ -928,22 +801,3 @@ static bool s_record_put_ok(s_op_t *op, const char *deploy_id, const char *field
 
 /* 1..128 characters of [A-Za-z0-9._-], not starting with '.': safe in a Redis key, a log
  * line and a GraphQL variable. */
-static bool s_name_is_valid(const char *s)
-{
-    if (!s || !*s || s[0] == '.')
-        return false;
-    size_t n = 0;
-    for (; s[n]; n++) {
-        char c = s[n];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok || n >= NAME_MAX_LEN)
-            return false;
-    }
-    return true;
-}
-
-static const char *s_shown(const char *name)
-{
-    return !name || !*name ? "" : s_name_is_valid(name) ? name : "(invalid)";
-}

@@ -20,7 +20,6 @@
 #include "sentinel/sn_crypto.h"
 #include "sentinel/sn_id.h"
 #include "sentinel/sn_json.h"
-#include "sentinel/sn_ledger.h"
 #include "sentinel/sn_log.h"
 
 #define DEFAULT_TIMEOUT_MS 30000
@@ -47,9 +46,6 @@ struct fb_state {
     char *active[FB_MAX_ACTIVE]; /* deploy ids being served by this process (under mu) */
 };
 
-static bool s_name_is_valid(const char *s);
-static const char *s_shown(const char *name);
-static bool s_answer_stored(fb_op_t *op, const uint8_t *bytes, size_t len);
 static sn_rc_t s_credentials(fb_op_t *op, s_target_t *t);
 static void s_google_why(const sn_http_response_t *resp, const char *fallback, char *why,
                          size_t why_len);
@@ -59,11 +55,7 @@ static void s_budget_after(fb_op_t *op, int before);
 fb_state_t *fb_state_new(sn_ctx_t *ctx, const char *module)
 {
     const sn_config_t *cfg = sn_ctx_config(ctx);
-    const char *state_dir = cfg->state_dir ? cfg->state_dir : "./var";
-    char *artifacts =
-        cfg->artifact_dir ? sn_strdup(cfg->artifact_dir) : sn_strdupf("%s/artifacts", state_dir);
-    sn_artifact_t *store = sn_artifact_new(artifacts, sn_ctx_redis(ctx));
-    free(artifacts);
+    sn_artifact_t *store = sn_deploy_op_store_new(ctx);
     if (!store)
         return NULL;
     fb_state_t *st = sn_calloc(1, sizeof *st);
@@ -104,22 +96,14 @@ sn_rc_t fb_job(sn_ctx_t *ctx, fb_state_t *st, const sn_request_t *creq, sn_envel
                const char *const *ops, fb_op_fn *fn)
 {
     sn_request_t *req = (sn_request_t *)creq;
-    const sn_envelope_t *env = sn_request_envelope(req);
-    const Sentinel__V1__DeployRequest *in = env->deploy_request;
-    static Sentinel__V1__Deploy s_empty = SENTINEL__V1__DEPLOY__INIT;
+    const Sentinel__V1__DeployRequest *in = sn_request_envelope(req)->deploy_request;
     fb_op_t op = {.ctx = ctx, .st = st, .req = req, .in = in, .module = st->module};
     op.store = st->store;
-    op.dep = in->deploy ? in->deploy : &s_empty;
-    op.res = sn_request_alloc(req, sizeof *op.res);
-    sentinel__v1__deploy_result__init(op.res);
-    op.out = sn_request_alloc(req, sizeof *op.out);
-    *op.out = *op.dep; /* shallow: strings live in the request envelope */
+    op.dop = sn_deploy_op_begin(ctx, req, reply, st->module);
+    op.dep = sn_deploy_op_deploy(op.dop);
+    op.res = sn_deploy_op_result(op.dop);
+    op.out = sn_deploy_op_out(op.dop);
     op.out->provider = "firebase";
-    op.res->deploy = op.out;
-    op.res->ok = true;
-    reply->type = "deploy.result";
-    reply->body_case = SENTINEL__V1__ENVELOPE__BODY_DEPLOY_RESULT;
-    reply->deploy_result = op.res;
     const char *opname = in->op ? in->op : "";
     op.opname = "unknown-op";
     for (size_t i = 0; ops[i]; i++)
@@ -131,62 +115,33 @@ sn_rc_t fb_job(sn_ctx_t *ctx, fb_state_t *st, const sn_request_t *creq, sn_envel
     if (op.deadline_ms - t0 > MAX_OP_MS)
         op.deadline_ms = t0 + MAX_OP_MS;
 
-    const char *job_id = sn_envelope_label(env, "job_id");
-    if (job_id) {
-        if (!sn_ledger_id_is_valid(job_id)) {
-            fb_fail(&op, false, "malformed job id");
-            job_id = "(invalid)";
-            goto log;
-        }
-        Sentinel__V1__JobSpec *spec = NULL;
-        sn_rc_t rc = sn_ledger_claim(sn_ctx_ledger(ctx), job_id, st->instance, 0, &op.epoch, &spec);
-        if (rc == SN_OK) {
-            op.job_id = job_id;
-            op.lease_ms = spec && spec->lease_ms > 0 ? spec->lease_ms : 30000;
-            op.renewed_ms = sn_mono_ms();
-            sn_ledger_spec_free(&spec);
-        } else {
-            sn_ledger_job_t job = {0};
-            bool has_job =
-                rc == SN_DECLINED && sn_ledger_get(sn_ctx_ledger(ctx), job_id, &job) == SN_OK;
-            if (has_job && job.state == SN_JOB_DONE && job.result_len > 0 &&
-                s_answer_stored(&op, job.result, job.result_len)) {
-                sn_ledger_job_fini(&job);
-                sn_info(st->module, "%s job=%s already done: answered its stored result", op.opname,
-                        job_id);
-                return SN_OK;
-            }
-            if (has_job)
-                fb_fail(&op, job.state == SN_JOB_CLAIMED, "job %s is %s", job_id,
-                        sn_job_state_str(job.state));
-            else
-                fb_fail(&op, rc == SN_AGAIN, "cannot claim job %s: %s", job_id,
-                        rc == SN_AGAIN ? "redis unavailable" : "unknown job");
-            if (has_job)
-                sn_ledger_job_fini(&job);
-            goto log;
-        }
-    }
+    sn_deploy_op_claim_t claim = sn_deploy_op_claim(op.dop, st->instance, op.opname);
+    if (claim == SN_DEPLOY_OP_ANSWERED)
+        return SN_OK;
+    if (claim == SN_DEPLOY_OP_REFUSED)
+        goto log;
 
     s_target_t *t = NULL;
     bool is_rollback = strcmp(opname, "rollback") == 0;
     if (strcmp(op.opname, "unknown-op") == 0) {
-        fb_fail(&op, false, "unknown op '%s'", s_shown(opname));
+        sn_deploy_op_fail(op.dop, false, "unknown op '%s'", sn_deploy_op_name_shown(opname));
     } else if (!in->deploy) {
-        fb_fail(&op, false, "missing deploy");
-    } else if (!s_name_is_valid(op.dep->deploy_id) && !(is_rollback && !*op.dep->deploy_id)) {
-        fb_fail(&op, false, "invalid deploy id");
-    } else if (!s_name_is_valid(op.dep->target)) {
-        fb_fail(&op, false, "invalid target name");
-    } else if (!s_name_is_valid(op.dep->project) || !s_name_is_valid(op.dep->environment) ||
-               (*op.dep->run_id && !s_name_is_valid(op.dep->run_id))) {
-        fb_fail(&op, false, "invalid project, environment or run id");
+        sn_deploy_op_fail(op.dop, false, "missing deploy");
+    } else if (!sn_deploy_op_name_is_valid(op.dep->deploy_id) &&
+               !(is_rollback && !*op.dep->deploy_id)) {
+        sn_deploy_op_fail(op.dop, false, "invalid deploy id");
+    } else if (!sn_deploy_op_name_is_valid(op.dep->target)) {
+        sn_deploy_op_fail(op.dop, false, "invalid target name");
+    } else if (!sn_deploy_op_name_is_valid(op.dep->project) ||
+               !sn_deploy_op_name_is_valid(op.dep->environment) ||
+               (*op.dep->run_id && !sn_deploy_op_name_is_valid(op.dep->run_id))) {
+        sn_deploy_op_fail(op.dop, false, "invalid project, environment or run id");
     } else {
         for (size_t i = 0; i < st->target_count && !t; i++)
             if (st->targets[i].cfg->name && strcmp(st->targets[i].cfg->name, op.dep->target) == 0)
                 t = &st->targets[i];
         if (!t)
-            fb_fail(&op, false, "unknown firebase target '%s'", op.dep->target);
+            sn_deploy_op_fail(op.dop, false, "unknown firebase target '%s'", op.dep->target);
     }
     /* One op per deploy id at a time in this process (the ledger claim covers the
      * processes): a second request for it while the first runs is refused, transient. */
@@ -202,8 +157,8 @@ sn_rc_t fb_job(sn_ctx_t *ctx, fb_state_t *st, const sn_request_t *creq, sn_envel
         }
         if (is_busy || slot < 0) {
             slot = -1;
-            fb_fail(&op, true, "deploy %s is already being served by this worker",
-                    op.dep->deploy_id);
+            sn_deploy_op_fail(op.dop, true, "deploy %s is already being served by this worker",
+                              op.dep->deploy_id);
             t = NULL;
         } else {
             st->active[slot] = sn_strdup(op.dep->deploy_id);
@@ -221,7 +176,7 @@ sn_rc_t fb_job(sn_ctx_t *ctx, fb_state_t *st, const sn_request_t *creq, sn_envel
         fb_slug(op.dep->deploy_id, op.label, 63);
         op.http = sn_http_new();
         if (!op.http)
-            fb_fail(&op, true, "no HTTP client");
+            sn_deploy_op_fail(op.dop, true, "no HTTP client");
         else
             fn(&op);
         sn_gauth_token_free(&op.token);
@@ -233,45 +188,20 @@ sn_rc_t fb_job(sn_ctx_t *ctx, fb_state_t *st, const sn_request_t *creq, sn_envel
         st->active[slot] = NULL;
         pthread_mutex_unlock(&st->mu);
     }
-    op.out->finished_unix_ms = sn_wall_ms();
-    if (!op.res->ok && op.out->phase != SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED) {
-        op.out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_FAILED;
-        op.out->error = op.res->reason;
-    }
-    if (op.job_id) {
-        size_t len = sentinel__v1__deploy_result__get_packed_size(op.res);
-        uint8_t *bytes = sn_malloc(len ? len : 1);
-        sentinel__v1__deploy_result__pack(op.res, bytes);
-        sn_rc_t rc =
-            sn_ledger_complete(sn_ctx_ledger(ctx), op.job_id, op.epoch, op.res->ok, bytes, len);
-        free(bytes);
-        if (rc != SN_OK)
-            sn_warn(st->module, "%s job=%s epoch=%llu not completed: %s (lease lapsed?)", op.opname,
-                    op.job_id, (unsigned long long)op.epoch, sn_rc_str(rc));
-    }
+    sn_deploy_op_finish(op.dop);
+    sn_deploy_op_complete(op.dop, op.opname);
 log:
     if (op.res->ok)
         sn_info(st->module, "%s ok target=%s deploy=%s release=%s job=%s ms=%lld", op.opname,
-                s_shown(op.dep->target), s_shown(op.dep->deploy_id),
-                op.out->release_id ? op.out->release_id : "", job_id ? job_id : "-",
+                sn_deploy_op_name_shown(op.dep->target), sn_deploy_op_name_shown(op.dep->deploy_id),
+                op.out->release_id ? op.out->release_id : "", sn_deploy_op_job_shown(op.dop),
                 (long long)(sn_mono_ms() - t0));
     else
         sn_warn(st->module, "%s failed target=%s deploy=%s job=%s transient=%d reason=%s",
-                op.opname, s_shown(op.dep->target), s_shown(op.dep->deploy_id),
-                job_id ? job_id : "-", op.res->is_transient, op.res->reason);
+                op.opname, sn_deploy_op_name_shown(op.dep->target),
+                sn_deploy_op_name_shown(op.dep->deploy_id), sn_deploy_op_job_shown(op.dop),
+                op.res->is_transient, op.res->reason);
     return SN_OK;
-}
-
-void fb_fail(fb_op_t *op, bool is_transient, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    op->res->ok = false;
-    op->res->is_transient = is_transient;
-    op->res->reason = sn_request_strdup(op->req, buf);
 }
 
 sn_rc_t fb_api(fb_op_t *op, const char *method, const char *url, json_t *body, bool is_idempotent,
@@ -378,23 +308,6 @@ sn_rc_t fb_send(fb_op_t *op, const char *method, const char *url, const char *co
     return rc;
 }
 
-bool fb_renew(fb_op_t *op)
-{
-    if (!op->job_id)
-        return true;
-    if (op->is_lease_lost)
-        return false;
-    int64_t now = sn_mono_ms();
-    if (now - op->renewed_ms < op->lease_ms / 3)
-        return true;
-    sn_rc_t rc = sn_ledger_renew(sn_ctx_ledger(op->ctx), op->job_id, op->epoch, 0, NULL);
-    if (rc == SN_OK)
-        op->renewed_ms = now;
-    else if (rc == SN_DECLINED)
-        op->is_lease_lost = true;
-    return !op->is_lease_lost;
-}
-
 char *fb_rec_get(fb_op_t *op, const char *prefix, const char *name, bool *is_down)
 {
     char *field = sn_strdupf("%s.%s", prefix, name);
@@ -422,7 +335,7 @@ char *fb_extract(fb_op_t *op)
 {
     const char *sha = op->in->artifact_sha256;
     if (!sn_artifact_sha_is_valid(sha)) {
-        fb_fail(op, false, "invalid artifact sha256");
+        sn_deploy_op_fail(op->dop, false, "invalid artifact sha256");
         return NULL;
     }
     char rnd[17];
@@ -430,11 +343,11 @@ char *fb_extract(fb_op_t *op)
     char *dir = sn_strdupf("%s/.tmp-fb-%s", sn_artifact_dir(op->store), rnd);
     sn_rc_t rc = sn_artifact_extract(op->store, sha, dir);
     if (rc != SN_OK) {
-        fb_fail(op, rc == SN_AGAIN,
-                rc == SN_DECLINED ? "artifact %s is not in the store"
-                : rc == SN_AGAIN  ? "artifact %s could not be read"
-                                  : "artifact %s is corrupted or unsafe (refused)",
-                sha);
+        sn_deploy_op_fail(op->dop, rc == SN_AGAIN,
+                          rc == SN_DECLINED ? "artifact %s is not in the store"
+                          : rc == SN_AGAIN  ? "artifact %s could not be read"
+                                            : "artifact %s is corrupted or unsafe (refused)",
+                          sha);
         free(dir);
         return NULL;
     }
@@ -455,14 +368,16 @@ json_t *fb_firebase_json(fb_op_t *op, const char *dir, bool *is_bad)
         json_error_t err;
         root = json_loadfd(fd, 0, &err);
         if (!json_is_object(root)) {
-            fb_fail(op, false, "firebase.json in the artifact is not a JSON object (line %d: %s)",
-                    err.line, err.text);
+            sn_deploy_op_fail(op->dop, false,
+                              "firebase.json in the artifact is not a JSON object (line %d: %s)",
+                              err.line, err.text);
             json_decref(root);
             root = NULL;
             *is_bad = true;
         }
     } else {
-        fb_fail(op, false, "firebase.json in the artifact is not a regular file under 1 MiB");
+        sn_deploy_op_fail(op->dop, false,
+                          "firebase.json in the artifact is not a regular file under 1 MiB");
         *is_bad = true;
     }
     close(fd);
@@ -485,19 +400,6 @@ bool fb_rel_path_is_safe(const char *path)
     }
 }
 
-char *fb_identity_json(fb_op_t *op)
-{
-    Sentinel__V1__ReleaseIdentity id = SENTINEL__V1__RELEASE_IDENTITY__INIT;
-    id.deploy_id = op->dep->deploy_id;
-    id.run_id = op->dep->run_id;
-    id.commit = op->in->commit ? op->in->commit : "";
-    id.project = op->dep->project;
-    id.environment = op->dep->environment;
-    id.target = op->dep->target;
-    id.created_unix_ms = sn_wall_ms();
-    return sn_json_dumps_message(&id.base, JSON_COMPACT);
-}
-
 char *fb_keep(fb_op_t *op, const char *s)
 {
     return sn_request_strdup(op->req, s ? s : "");
@@ -515,51 +417,6 @@ void fb_slug(const char *s, char *out, size_t max)
 
 /* ---- statics ----------------------------------------------------------------------------- */
 
-static bool s_name_is_valid(const char *s)
-{
-    if (!s || !*s || s[0] == '.')
-        return false;
-    for (size_t n = 0; s[n]; n++) {
-        char c = s[n];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        if (!ok || n >= FB_NAME_MAX)
-            return false;
-    }
-    return true;
-}
-
-static const char *s_shown(const char *name)
-{
-    return !name || !*name ? "" : s_name_is_valid(name) ? name : "(invalid)";
-}
-
-static bool s_answer_stored(fb_op_t *op, const uint8_t *bytes, size_t len)
-{
-    Sentinel__V1__DeployResult *done = sentinel__v1__deploy_result__unpack(NULL, len, bytes);
-    if (!done)
-        return false;
-    op->res->ok = done->ok;
-    op->res->is_transient = done->is_transient;
-    if (done->reason && *done->reason)
-        op->res->reason = sn_request_strdup(op->req, done->reason);
-    const Sentinel__V1__Deploy *d = done->deploy;
-    if (d) {
-        op->out->phase = d->phase;
-        op->out->preview_url = sn_request_strdup(op->req, d->preview_url);
-        op->out->live_url = sn_request_strdup(op->req, d->live_url);
-        op->out->release_id = sn_request_strdup(op->req, d->release_id);
-        op->out->previous_release_id = sn_request_strdup(op->req, d->previous_release_id);
-        op->out->provider_deployment_id = sn_request_strdup(op->req, d->provider_deployment_id);
-        op->out->error = sn_request_strdup(op->req, d->error);
-        op->out->staged_unix_ms = d->staged_unix_ms;
-        op->out->promoted_unix_ms = d->promoted_unix_ms;
-        op->out->finished_unix_ms = d->finished_unix_ms;
-    }
-    sentinel__v1__deploy_result__free_unpacked(done, NULL);
-    return true;
-}
-
 /* Makes the target's gauth and provider handles on first use (under the state's lock). */
 static sn_rc_t s_credentials(fb_op_t *op, s_target_t *t)
 {
@@ -569,13 +426,15 @@ static sn_rc_t s_credentials(fb_op_t *op, s_target_t *t)
     if (!t->gauth) {
         const sn_target_config_t *c = t->cfg;
         if (!c->credentials_file || !*c->credentials_file || !c->project || !*c->project) {
-            fb_fail(op, false, "target '%s' needs project and credentials_file", c->name);
+            sn_deploy_op_fail(op->dop, false, "target '%s' needs project and credentials_file",
+                              c->name);
             rc = SN_ERROR;
         } else {
             t->gauth = sn_gauth_new(c->credentials_file, c->oauth_token_uri, NULL);
             if (!t->gauth) {
-                fb_fail(op, false, "target '%s': the credentials file cannot be used (see log)",
-                        c->name);
+                sn_deploy_op_fail(op->dop, false,
+                                  "target '%s': the credentials file cannot be used (see log)",
+                                  c->name);
                 rc = SN_ERROR;
             }
         }
@@ -586,7 +445,7 @@ static sn_rc_t s_credentials(fb_op_t *op, s_target_t *t)
         opts.credential = sn_gauth_client_email(t->gauth);
         t->prov = sn_provider_new(sn_ctx_redis(op->ctx), &opts);
         if (!t->prov) {
-            fb_fail(op, true, "no provider handle");
+            sn_deploy_op_fail(op->dop, true, "no provider handle");
             rc = SN_AGAIN;
         }
     }

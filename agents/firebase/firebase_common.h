@@ -11,22 +11,25 @@
 
 #include "sentinel/sn_agent.h"
 #include "sentinel/sn_artifact.h"
+#include "sentinel/sn_deploy_op.h"
 #include "sentinel/sn_gauth.h"
 #include "sentinel/sn_http.h"
 #include "sentinel/sn_provider.h"
 
 #define FB_IDENTITY_PATH ".well-known/sentinel-release.json"
-#define FB_NAME_MAX 128
 
 typedef struct fb_state fb_state_t;
 
-/* One op being served on a job thread. Strings of the reply live in the request. */
+/* One op being served on a job thread. Strings of the reply live in the request; the
+ * answer and the ledger job are @dop's (fail with sn_deploy_op_fail(op->dop, ...), renew
+ * the lease with sn_deploy_op_renew(op->dop)). */
 typedef struct {
     sn_ctx_t *ctx;
     fb_state_t *st;
     sn_request_t *req;
-    const char *module; /* log module: the role's name */
-    const char *opname; /* validated: one of the role's ops */
+    sn_deploy_op_t *dop; /* request-owned */
+    const char *module;  /* log module: the role's name */
+    const char *opname;  /* validated: one of the role's ops */
     const Sentinel__V1__DeployRequest *in;
     const Sentinel__V1__Deploy *dep;
     const sn_target_config_t *target;
@@ -35,12 +38,8 @@ typedef struct {
     sn_http_t *http;     /* this job thread's client */
     char *token;         /* current access token (cleansed at the end) */
     sn_provider_budget_t budget;
-    int retries_left; /* retries of safe calls left for the whole op */
-    char label[64];   /* the deploy id as a Google label value */
-    const char *job_id;
-    uint64_t epoch;
-    int64_t lease_ms, renewed_ms;
-    bool is_lease_lost;
+    int retries_left;    /* retries of safe calls left for the whole op */
+    char label[64];      /* the deploy id as a Google label value */
     int64_t deadline_ms; /* the op's absolute deadline (sn_mono_ms) */
     Sentinel__V1__DeployResult *res;
     Sentinel__V1__Deploy *out;
@@ -61,9 +60,6 @@ void fb_state_destroy(fb_state_t **self_p);
 sn_rc_t fb_job(sn_ctx_t *ctx, fb_state_t *st, const sn_request_t *req, sn_envelope_t *reply,
                const char *const *ops, fb_op_fn *fn);
 
-/* Marks the result failed with a one-line reason (request-owned copy). */
-void fb_fail(fb_op_t *op, bool is_transient, const char *fmt, ...) SN_PRINTF(3, 4);
-
 /* Calls a Google JSON API: @method @url with @body (borrowed, may be NULL), Bearer token,
  * through the breaker/budget, retried only if @is_idempotent; a 401 fetches a new token
  * once. SN_OK with *out (may be NULL; caller decrefs); SN_ERROR / SN_AGAIN with the
@@ -78,9 +74,6 @@ SN_NODISCARD sn_rc_t fb_api(fb_op_t *op, const char *method, const char *url, js
 SN_NODISCARD sn_rc_t fb_send(fb_op_t *op, const char *method, const char *url,
                              const char *content_type, const void *body, size_t len, bool with_auth,
                              bool is_idempotent, int timeout_ms, char *why, size_t why_len);
-
-/* Renews the job lease when a third of it passed; false once it is lost (stop acting). */
-bool fb_renew(fb_op_t *op);
 
 /* The deploy record field "<prefix>.<name>" (caller frees), or NULL (absent or Redis down:
  * *is_down set, may be NULL). */
@@ -98,9 +91,6 @@ json_t *fb_firebase_json(fb_op_t *op, const char *dir, bool *is_bad);
 
 /* True for a relative path inside the tree: no absolute path, no "..", no empty name. */
 bool fb_rel_path_is_safe(const char *path);
-
-/* The ReleaseIdentity JSON of the op's deploy (caller frees). */
-char *fb_identity_json(fb_op_t *op);
 
 /* The request-owned copy of @s. */
 char *fb_keep(fb_op_t *op, const char *s);

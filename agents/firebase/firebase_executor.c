@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "sentinel/sn_agent.h"
+#include "sentinel/sn_deploy_op.h"
 #include "sentinel/sn_journal.h"
 #include "sentinel/sn_log.h"
 #include "sentinel/sn_redis.h"
@@ -48,7 +49,6 @@
 #define S_DEFAULT_DEADLINE_MS 600000
 #define S_RECORD_TTL_MS INT64_C(2592000000) /* 30 days */
 #define S_USAGE_TTL_MS "259200000"          /* 3 days */
-#define S_NAME_MAX 128
 #define S_WAITERS 4
 
 /* Counts a deploy's usage once (HSETNX on its record). KEYS: deploy record, usage hash.
@@ -133,19 +133,6 @@ typedef struct {
 static void s_drive(sn_ctx_t *ctx, s_state_t *st, s_run_t *r);
 
 /* ---- helpers --------------------------------------------------------------------------------- */
-
-static bool s_name_is_valid(const char *s)
-{
-    if (!s || !*s || s[0] == '.' || strlen(s) > S_NAME_MAX)
-        return false;
-    for (; *s; s++) {
-        char c = *s;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
 
 static s_run_t *s_find(s_state_t *st, uint64_t id)
 {
@@ -312,28 +299,8 @@ static void s_reply_one(sn_ctx_t *ctx, sn_request_t *req, const Sentinel__V1__De
     out->reason = s_rstrdup(req, res->reason);
     out->upload_bytes = res->upload_bytes;
     out->function_count = res->function_count;
-    if (res->deploy) {
-        const Sentinel__V1__Deploy *d = res->deploy;
-        Sentinel__V1__Deploy *o = sn_request_alloc(req, sizeof *o);
-        sentinel__v1__deploy__init(o);
-        o->deploy_id = s_rstrdup(req, d->deploy_id);
-        o->run_id = s_rstrdup(req, d->run_id);
-        o->project = s_rstrdup(req, d->project);
-        o->environment = s_rstrdup(req, d->environment);
-        o->target = s_rstrdup(req, d->target);
-        o->provider = s_rstrdup(req, d->provider);
-        o->phase = d->phase;
-        o->preview_url = s_rstrdup(req, d->preview_url);
-        o->live_url = s_rstrdup(req, d->live_url);
-        o->release_id = s_rstrdup(req, d->release_id);
-        o->previous_release_id = s_rstrdup(req, d->previous_release_id);
-        o->provider_deployment_id = s_rstrdup(req, d->provider_deployment_id);
-        o->error = s_rstrdup(req, d->error);
-        o->staged_unix_ms = d->staged_unix_ms;
-        o->promoted_unix_ms = d->promoted_unix_ms;
-        o->finished_unix_ms = d->finished_unix_ms;
-        out->deploy = o;
-    }
+    if (res->deploy)
+        out->deploy = sn_deploy_op_deploy_dup(req, res->deploy);
     sn_envelope_t env;
     sentinel__v1__envelope__init(&env);
     env.type = "deploy.result";
@@ -784,8 +751,8 @@ static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
         s_refuse(ctx, req, "unknown op (stage, promote, rollback)");
         return;
     }
-    if (!d || !s_name_is_valid(d->deploy_id) || !s_name_is_valid(d->target) ||
-        !s_name_is_valid(d->project) || !s_name_is_valid(d->environment)) {
+    if (!d || !sn_deploy_op_name_is_valid(d->deploy_id) || !sn_deploy_op_name_is_valid(d->target) ||
+        !sn_deploy_op_name_is_valid(d->project) || !sn_deploy_op_name_is_valid(d->environment)) {
         s_refuse(ctx, req, "invalid deploy (deploy id, project, environment, target)");
         return;
     }

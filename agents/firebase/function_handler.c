@@ -121,13 +121,7 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
 
 static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
 {
-    const sn_envelope_t *env = sn_request_envelope(req);
-    if (env->body_case != SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST || !env->deploy_request) {
-        sn_info(LOG_MODULE, "refused request: body is not a deploy_request");
-        sn_request_nak(ctx, req, "invalid");
-        return;
-    }
-    sn_request_defer(ctx, req, s_job, state);
+    sn_deploy_op_defer(ctx, req, LOG_MODULE, s_job, state);
 }
 
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
@@ -182,7 +176,7 @@ static void s_stage(fb_op_t *op)
         snprintf(list + n, sizeof list - n, "%s%s", i ? "," : "", plan.ep[i].id);
     }
     if (!fb_rec_put(op, REC, "list", list)) {
-        fb_fail(op, true, "redis unavailable: cannot write the deploy record");
+        sn_deploy_op_fail(op->dop, true, "redis unavailable: cannot write the deploy record");
         goto out;
     }
     for (size_t c = 0; c < plan.cb_count; c++) {
@@ -213,7 +207,7 @@ static void s_stage(fb_op_t *op)
         if (rc == SN_OK)
             rc = s_keep_zip(op, zip, len, cb->sha);
         if (rc == SN_OK && !fb_rec_put(op, REC, field, cb->sha)) {
-            fb_fail(op, true, "redis unavailable: cannot write the deploy record");
+            sn_deploy_op_fail(op->dop, true, "redis unavailable: cannot write the deploy record");
             rc = SN_ERROR;
         }
         if (rc == SN_OK)
@@ -226,7 +220,7 @@ static void s_stage(fb_op_t *op)
         bool ok = fb_rec_put(op, REC, field, v);
         free(v);
         if (!ok) {
-            fb_fail(op, true, "redis unavailable: cannot write the deploy record");
+            sn_deploy_op_fail(op->dop, true, "redis unavailable: cannot write the deploy record");
             goto out;
         }
     }
@@ -251,7 +245,7 @@ static void s_stage(fb_op_t *op)
     }
     if (bad) {
         fb_rec_put(op, REC, "state", "failed");
-        fb_fail(op, false, "functions failed: %s", failed);
+        sn_deploy_op_fail(op->dop, false, "functions failed: %s", failed);
         goto out;
     }
     fb_rec_put(op, REC, "state", "ok");
@@ -291,7 +285,7 @@ static sn_rc_t s_deploy_fn(fb_op_t *op, s_endpoint_t *ep, const s_codebase_t *cb
     bool is_new = rc != SN_OK && status == 404;
     json_decref(cur);
     if (rc != SN_OK && !is_new) {
-        fb_fail(op, rc != SN_ERROR, "function %s: %s", ep->id, why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "function %s: %s", ep->id, why);
         free(url);
         free(name);
         return SN_ERROR;
@@ -316,8 +310,8 @@ static sn_rc_t s_deploy_fn(fb_op_t *op, s_endpoint_t *ep, const s_codebase_t *cb
     json_t *resp = NULL;
     free(url);
     if (is_new) {
-        if (!fb_renew(op)) {
-            fb_fail(op, false, "job lease lost before creating %s", ep->id);
+        if (!sn_deploy_op_renew(op->dop)) {
+            sn_deploy_op_fail(op->dop, false, "job lease lost before creating %s", ep->id);
             json_decref(body);
             free(name);
             return SN_ERROR;
@@ -337,15 +331,15 @@ static sn_rc_t s_deploy_fn(fb_op_t *op, s_endpoint_t *ep, const s_codebase_t *cb
     free(name);
     const char *opname = json_string_value(json_object_get(resp, "name"));
     if (rc != SN_OK || !opname || strstr(opname, "/operations/") == NULL) {
-        fb_fail(op, rc != SN_ERROR, "%s of %s: %s", is_new ? "create" : "patch", ep->id,
-                rc == SN_OK ? "answer without an operation" : why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "%s of %s: %s", is_new ? "create" : "patch",
+                          ep->id, rc == SN_OK ? "answer without an operation" : why);
         json_decref(resp);
         return SN_ERROR;
     }
     ep->op = sn_strdup(opname);
     json_decref(resp);
     if (!fb_rec_put(op, REC, field, ep->op)) {
-        fb_fail(op, true, "redis unavailable: operation of %s not recorded", ep->id);
+        sn_deploy_op_fail(op->dop, true, "redis unavailable: operation of %s not recorded", ep->id);
         return SN_ERROR;
     }
     sn_info(LOG_MODULE, "%s deploy=%s function=%s operation=%s", is_new ? "create" : "patch",
@@ -375,13 +369,13 @@ static void s_poll(fb_op_t *op, s_plan_t *plan, const char *rec_prefix)
             sn_rc_t rc = fb_api(op, "GET", url, NULL, true, &resp, NULL, why, sizeof why);
             free(url);
             if (rc != SN_OK) {
-                fb_fail(op, rc != SN_ERROR, "operation of %s: %s", ep->id, why);
+                sn_deploy_op_fail(op->dop, rc != SN_ERROR, "operation of %s: %s", ep->id, why);
                 json_decref(resp);
                 return;
             }
             json_t *done = json_object_get(resp, "done");
             if (done && !json_is_boolean(done)) {
-                fb_fail(op, true, "operation of %s: done is not a boolean", ep->id);
+                sn_deploy_op_fail(op->dop, true, "operation of %s: done is not a boolean", ep->id);
                 json_decref(resp);
                 return;
             }
@@ -402,13 +396,14 @@ static void s_poll(fb_op_t *op, s_plan_t *plan, const char *rec_prefix)
         }
         if (open == 0)
             return;
-        if (!fb_renew(op) || sn_ctx_is_stopping(op->ctx)) {
-            fb_fail(op, !op->is_lease_lost, "interrupted while %zu operations run (%s)", open,
-                    op->is_lease_lost ? "job lease lost" : "shutdown");
+        if (!sn_deploy_op_renew(op->dop) || sn_ctx_is_stopping(op->ctx)) {
+            sn_deploy_op_fail(op->dop, !sn_deploy_op_is_lease_lost(op->dop),
+                              "interrupted while %zu operations run (%s)", open,
+                              sn_deploy_op_is_lease_lost(op->dop) ? "job lease lost" : "shutdown");
             return;
         }
         if (!sn_provider_sleep(interval, op->deadline_ms)) {
-            fb_fail(op, true, "%zu operations still running at the deadline", open);
+            sn_deploy_op_fail(op->dop, true, "%zu operations still running at the deadline", open);
             return;
         }
     }
@@ -421,8 +416,8 @@ static void s_promote(fb_op_t *op)
     char *state = fb_rec_get(op, REC, "state", NULL);
     char *src = fb_rec_get(op, REC, "source", NULL);
     if (!state || strcmp(state, "ok") != 0)
-        fb_fail(op, false, "functions of deploy %s are not deployed (%s)", op->dep->deploy_id,
-                state ? state : "not staged");
+        sn_deploy_op_fail(op->dop, false, "functions of deploy %s are not deployed (%s)",
+                          op->dep->deploy_id, state ? state : "not staged");
     else {
         op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_LIVE;
         op->out->release_id = fb_keep(op, src);
@@ -476,7 +471,7 @@ static void s_rollback(fb_op_t *op)
     s_plan_t plan = {0};
     char kept[256] = "";
     if (to && *to && !sn_artifact_sha_is_valid(to)) {
-        fb_fail(op, false, "to_release_id is not a source sha256");
+        sn_deploy_op_fail(op->dop, false, "to_release_id is not a source sha256");
         goto out;
     }
     if (!list) {
@@ -490,7 +485,8 @@ static void s_rollback(fb_op_t *op)
             op->res->reason = "no functions";
             goto out;
         }
-        fb_fail(op, false, "no functions recorded for deploy %s", op->dep->deploy_id);
+        sn_deploy_op_fail(op->dop, false, "no functions recorded for deploy %s",
+                          op->dep->deploy_id);
         goto out;
     }
     /* A rollback already done for this deploy (a retry) is answered from the record. */
@@ -523,7 +519,8 @@ static void s_rollback(fb_op_t *op)
         if (is_down) {
             free(sha);
             free(hist);
-            fb_fail(op, true, "redis unavailable: cannot read the history of %s", fn);
+            sn_deploy_op_fail(op->dop, true, "redis unavailable: cannot read the history of %s",
+                              fn);
             goto out;
         }
         if (!sha) {
@@ -591,7 +588,7 @@ static void s_rollback(fb_op_t *op)
                  plan.ep[i].result ? plan.ep[i].result : "did not finish");
     }
     if (bad) {
-        fb_fail(op, false, "rollback failed for functions: %s", failed);
+        sn_deploy_op_fail(op->dop, false, "rollback failed for functions: %s", failed);
         goto out;
     }
     op->out->phase = SENTINEL__V1__DEPLOY_PHASE__DEPLOY_ROLLED_BACK;
@@ -632,7 +629,7 @@ static sn_rc_t s_plan(fb_op_t *op, json_t *fj, s_plan_t *plan)
     for (size_t c = 0; c < count; c++) {
         json_t *cb = json_is_array(fns) ? json_array_get(fns, c) : fns;
         if (!json_is_object(cb)) {
-            fb_fail(op, false, "firebase.json: functions[%zu] is not an object", c);
+            sn_deploy_op_fail(op->dop, false, "firebase.json: functions[%zu] is not an object", c);
             return SN_ERROR;
         }
         json_t *eps = json_object_get(cb, "endpoints");
@@ -644,10 +641,10 @@ static sn_rc_t s_plan(fb_op_t *op, json_t *fj, s_plan_t *plan)
             source = "functions";
         if (!fb_rel_path_is_safe(source) || !json_is_object(eps) ||
             plan->cb_count == MAX_CODEBASES) {
-            fb_fail(op, false,
-                    "firebase.json: functions[%zu] needs a relative source and an "
-                    "endpoints object (at most %d codebases)",
-                    c, MAX_CODEBASES);
+            sn_deploy_op_fail(op->dop, false,
+                              "firebase.json: functions[%zu] needs a relative source and an "
+                              "endpoints object (at most %d codebases)",
+                              c, MAX_CODEBASES);
             return SN_ERROR;
         }
         size_t ci = plan->cb_count++;
@@ -658,15 +655,16 @@ static sn_rc_t s_plan(fb_op_t *op, json_t *fj, s_plan_t *plan)
         json_object_foreach(eps, id, e)
         {
             if (!s_fn_id_is_valid(id) || !json_is_object(e) || plan->ep_count == MAX_ENDPOINTS) {
-                fb_fail(op, false,
-                        "firebase.json: endpoint '%.64s' is not a function id "
-                        "([a-z][a-z0-9-]*) with an object (at most %d)",
-                        id, MAX_ENDPOINTS);
+                sn_deploy_op_fail(op->dop, false,
+                                  "firebase.json: endpoint '%.64s' is not a function id "
+                                  "([a-z][a-z0-9-]*) with an object (at most %d)",
+                                  id, MAX_ENDPOINTS);
                 return SN_ERROR;
             }
             for (size_t k = 0; k < plan->ep_count; k++)
                 if (strcmp(plan->ep[k].id, id) == 0) {
-                    fb_fail(op, false, "firebase.json: function %s is declared twice", id);
+                    sn_deploy_op_fail(op->dop, false,
+                                      "firebase.json: function %s is declared twice", id);
                     return SN_ERROR;
                 }
             s_endpoint_t *ep = &plan->ep[plan->ep_count++];
@@ -723,8 +721,9 @@ static sn_rc_t s_list(fb_op_t *op, const char *dir, const char *rel, s_entries_t
 {
     DIR *dh = opendir(dir);
     if (!dh) {
-        fb_fail(op, false, "functions source %s%s is not a directory of the artifact",
-                rel[0] ? rel : "", rel[0] ? "" : "dir");
+        sn_deploy_op_fail(op->dop, false,
+                          "functions source %s%s is not a directory of the artifact",
+                          rel[0] ? rel : "", rel[0] ? "" : "dir");
         return SN_ERROR;
     }
     sn_rc_t rc = SN_OK;
@@ -783,7 +782,8 @@ static sn_rc_t s_zip_dir(fb_op_t *op, const char *dir, uint8_t **zip, size_t *le
     if (s_list(op, dir, "", &ents) != SN_OK)
         goto fail;
     if (ents.count == 0 || ents.count > 65535) {
-        fb_fail(op, false, "functions source has %zu files (1..65535 expected)", ents.count);
+        sn_deploy_op_fail(op->dop, false, "functions source has %zu files (1..65535 expected)",
+                          ents.count);
         goto fail;
     }
     qsort(ents.items, ents.count, sizeof *ents.items, s_entry_cmp);
@@ -797,8 +797,9 @@ static sn_rc_t s_zip_dir(fb_op_t *op, const char *dir, uint8_t **zip, size_t *le
         int fd = open(ents.items[i].path, O_RDONLY | O_CLOEXEC);
         struct stat sb;
         if (fd < 0 || fstat(fd, &sb) != 0 || n + (size_t)sb.st_size > MAX_ZIP_BYTES) {
-            fb_fail(op, false, "functions source: %s unreadable or the zip over %d MiB",
-                    ents.items[i].name, MAX_ZIP_BYTES >> 20);
+            sn_deploy_op_fail(op->dop, false,
+                              "functions source: %s unreadable or the zip over %d MiB",
+                              ents.items[i].name, MAX_ZIP_BYTES >> 20);
             if (fd >= 0)
                 close(fd);
             rc = SN_ERROR;
@@ -808,7 +809,8 @@ static sn_rc_t s_zip_dir(fb_op_t *op, const char *dir, uint8_t **zip, size_t *le
         ssize_t got = read(fd, buf, (size_t)sb.st_size);
         close(fd);
         if (got != (ssize_t)sb.st_size) {
-            fb_fail(op, true, "functions source: cannot read %s", ents.items[i].name);
+            sn_deploy_op_fail(op->dop, true, "functions source: cannot read %s",
+                              ents.items[i].name);
             free(buf);
             rc = SN_ERROR;
             break;
@@ -892,7 +894,7 @@ static sn_rc_t s_keep_zip(fb_op_t *op, const uint8_t *zip, size_t len, char *sha
 {
     uint8_t sum[SN_SHA256_LEN];
     if (sn_sha256(zip, len, sum) != SN_OK) {
-        fb_fail(op, true, "cannot hash the source zip");
+        sn_deploy_op_fail(op->dop, true, "cannot hash the source zip");
         return SN_ERROR;
     }
     sn_hex_encode(sum, sizeof sum, sha);
@@ -911,7 +913,7 @@ static sn_rc_t s_keep_zip(fb_op_t *op, const uint8_t *zip, size_t len, char *sha
         close(fd);
     if (rc != SN_OK) {
         unlink(tmp);
-        fb_fail(op, true, "cannot keep the source zip in the artifact store");
+        sn_deploy_op_fail(op->dop, true, "cannot keep the source zip in the artifact store");
     }
     free(tmp);
     return rc;
@@ -920,7 +922,8 @@ static sn_rc_t s_keep_zip(fb_op_t *op, const uint8_t *zip, size_t len, char *sha
 static uint8_t *s_load_zip(fb_op_t *op, const char *sha, size_t *len)
 {
     if (sn_artifact_verify(op->store, sha) != SN_OK) {
-        fb_fail(op, false, "source zip %s is not (intact) in the artifact store", sha);
+        sn_deploy_op_fail(op->dop, false, "source zip %s is not (intact) in the artifact store",
+                          sha);
         return NULL;
     }
     char *path = sn_artifact_path(op->store, sha);
@@ -940,7 +943,7 @@ static uint8_t *s_load_zip(fb_op_t *op, const char *sha, size_t *len)
     if (fd >= 0)
         close(fd);
     if (!buf)
-        fb_fail(op, true, "cannot read source zip %s", sha);
+        sn_deploy_op_fail(op->dop, true, "cannot read source zip %s", sha);
     return buf;
 }
 
@@ -962,8 +965,8 @@ static sn_rc_t s_upload(fb_op_t *op, const uint8_t *zip, size_t len, char **buck
     const char *b = json_string_value(json_object_get(ss, "bucket"));
     const char *o = json_string_value(json_object_get(ss, "object"));
     if (rc != SN_OK || !up || !b || !o) {
-        fb_fail(op, rc != SN_ERROR, "generateUploadUrl: %s",
-                rc == SN_OK ? "answer without uploadUrl and storageSource" : why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "generateUploadUrl: %s",
+                          rc == SN_OK ? "answer without uploadUrl and storageSource" : why);
         json_decref(resp);
         return SN_ERROR;
     }
@@ -972,7 +975,7 @@ static sn_rc_t s_upload(fb_op_t *op, const uint8_t *zip, size_t len, char **buck
     /* The signed URL is the credential: no Authorization header, and PUT is idempotent. */
     rc = fb_send(op, "PUT", up, "application/zip", zip, len, false, true, timeout, why, sizeof why);
     if (rc != SN_OK) {
-        fb_fail(op, rc != SN_ERROR, "source zip upload: %s", why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "source zip upload: %s", why);
         json_decref(resp);
         return SN_ERROR;
     }

@@ -100,13 +100,7 @@ static void s_destroy(sn_ctx_t *ctx, void *state)
 
 static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
 {
-    const sn_envelope_t *env = sn_request_envelope(req);
-    if (env->body_case != SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST || !env->deploy_request) {
-        sn_info(LOG_MODULE, "refused request: body is not a deploy_request");
-        sn_request_nak(ctx, req, "invalid");
-        return;
-    }
-    sn_request_defer(ctx, req, s_job, state);
+    sn_deploy_op_defer(ctx, req, LOG_MODULE, s_job, state);
 }
 
 static sn_rc_t s_job(sn_ctx_t *ctx, void *state, const sn_request_t *req, sn_envelope_t *reply,
@@ -258,8 +252,9 @@ static json_t *s_serving_config(fb_op_t *op, json_t *h)
                             json_string(json_is_true(v) ? "ADD" : "REMOVE"));
     }
     if (bad) {
-        fb_fail(op, false, "firebase.json: hosting.%s has an entry Firebase Hosting cannot take",
-                bad);
+        sn_deploy_op_fail(op->dop, false,
+                          "firebase.json: hosting.%s has an entry Firebase Hosting cannot take",
+                          bad);
         json_decref(cfg);
         return NULL;
     }
@@ -278,7 +273,7 @@ static void s_stage(fb_op_t *op)
 
     version = fb_rec_get(op, REC, "version", &is_down);
     if (is_down) {
-        fb_fail(op, true, "redis unavailable: cannot read the deploy record");
+        sn_deploy_op_fail(op->dop, true, "redis unavailable: cannot read the deploy record");
         goto out;
     }
     char *finalized = fb_rec_get(op, REC, "finalized", NULL);
@@ -288,9 +283,10 @@ static void s_stage(fb_op_t *op)
         /* The identity is fixed once (a resumed upload must hash the same bytes). */
         identity = fb_rec_get(op, REC, "identity", NULL);
         if (!identity) {
-            identity = fb_identity_json(op);
+            identity = sn_deploy_op_identity_json(op->dop);
             if (!fb_rec_put(op, REC, "identity", identity)) {
-                fb_fail(op, true, "redis unavailable: cannot write the deploy record");
+                sn_deploy_op_fail(op->dop, true,
+                                  "redis unavailable: cannot write the deploy record");
                 goto out;
             }
         }
@@ -303,8 +299,8 @@ static void s_stage(fb_op_t *op)
         json_t *h = s_hosting_entry(op, fj);
         const char *rel = fj ? json_string_value(json_object_get(h, "public")) : ".";
         if (!rel || !fb_rel_path_is_safe(rel)) {
-            fb_fail(op, false, "firebase.json: hosting.public is %s",
-                    rel ? "not a relative path inside the artifact" : "missing");
+            sn_deploy_op_fail(op->dop, false, "firebase.json: hosting.public is %s",
+                              rel ? "not a relative path inside the artifact" : "missing");
             goto out;
         }
         config = h ? s_serving_config(op, h) : json_object();
@@ -321,13 +317,14 @@ static void s_stage(fb_op_t *op)
             json_decref(body);
             const char *name = json_string_value(json_object_get(resp, "name"));
             if (rc != SN_OK || !name || strncmp(name, "sites/", 6) != 0) {
-                fb_fail(op, rc != SN_ERROR, "create version: %s",
-                        rc == SN_OK ? "answer without a version name" : why);
+                sn_deploy_op_fail(op->dop, rc != SN_ERROR, "create version: %s",
+                                  rc == SN_OK ? "answer without a version name" : why);
                 goto out;
             }
             version = sn_strdup(name);
             if (!fb_rec_put(op, REC, "version", version)) {
-                fb_fail(op, true, "redis unavailable: version %s not recorded", version);
+                sn_deploy_op_fail(op->dop, true, "redis unavailable: version %s not recorded",
+                                  version);
                 goto out;
             }
             sn_info(LOG_MODULE, "version created deploy=%s version=%s files=%zu", d->deploy_id,
@@ -338,7 +335,7 @@ static void s_stage(fb_op_t *op)
         if (s_upload_version(op, version, &files, config) != SN_OK)
             goto out;
         if (!fb_rec_put(op, REC, "finalized", "1")) {
-            fb_fail(op, true, "redis unavailable: finalize not recorded");
+            sn_deploy_op_fail(op->dop, true, "redis unavailable: finalize not recorded");
             goto out;
         }
     }
@@ -364,8 +361,8 @@ static void s_stage(fb_op_t *op)
     }
     const char *curl = json_string_value(json_object_get(resp, "url"));
     if (rc != SN_OK || !curl || !*curl) {
-        fb_fail(op, rc != SN_ERROR, "preview channel %s: %s", channel,
-                rc == SN_OK ? "answer without a url" : why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "preview channel %s: %s", channel,
+                          rc == SN_OK ? "answer without a url" : why);
         free(channel);
         goto out;
     }
@@ -381,8 +378,8 @@ static void s_stage(fb_op_t *op)
             goto out;
         }
         if (!newest || strcmp(newest, version) != 0) {
-            if (!fb_renew(op)) {
-                fb_fail(op, false, "job lease lost before the preview release");
+            if (!sn_deploy_op_renew(op->dop)) {
+                sn_deploy_op_fail(op->dop, false, "job lease lost before the preview release");
                 free(channel);
                 goto out;
             }
@@ -435,8 +432,8 @@ static sn_rc_t s_upload_version(fb_op_t *op, const char *version, s_files_t *fil
         const char *upload_url = json_string_value(json_object_get(resp, "uploadUrl"));
         json_t *need = json_object_get(resp, "uploadRequiredHashes");
         if (rc != SN_OK || (json_array_size(need) > 0 && !upload_url)) {
-            fb_fail(op, rc != SN_ERROR, "populateFiles: %s",
-                    rc == SN_OK ? "uploadRequiredHashes without an uploadUrl" : why);
+            sn_deploy_op_fail(op->dop, rc != SN_ERROR, "populateFiles: %s",
+                              rc == SN_OK ? "uploadRequiredHashes without an uploadUrl" : why);
             rc = SN_ERROR;
             break;
         }
@@ -450,13 +447,14 @@ static sn_rc_t s_upload_version(fb_op_t *op, const char *version, s_files_t *fil
                 if (strcmp(files->items[i].hash, hash) == 0)
                     f = &files->items[i];
             if (!f) {
-                fb_fail(op, false, "populateFiles asked for a hash we did not send");
+                sn_deploy_op_fail(op->dop, false, "populateFiles asked for a hash we did not send");
                 rc = SN_ERROR;
                 break;
             }
-            if (!fb_renew(op) || sn_ctx_is_stopping(op->ctx)) {
-                fb_fail(op, !op->is_lease_lost, "upload interrupted (%s)",
-                        op->is_lease_lost ? "job lease lost" : "shutdown");
+            if (!sn_deploy_op_renew(op->dop) || sn_ctx_is_stopping(op->ctx)) {
+                sn_deploy_op_fail(
+                    op->dop, !sn_deploy_op_is_lease_lost(op->dop), "upload interrupted (%s)",
+                    sn_deploy_op_is_lease_lost(op->dop) ? "job lease lost" : "shutdown");
                 rc = SN_ERROR;
                 break;
             }
@@ -469,7 +467,7 @@ static sn_rc_t s_upload_version(fb_op_t *op, const char *version, s_files_t *fil
                          timeout, why, sizeof why);
             free(up);
             if (rc != SN_OK) {
-                fb_fail(op, rc != SN_ERROR, "upload of %s: %s", f->path, why);
+                sn_deploy_op_fail(op->dop, rc != SN_ERROR, "upload of %s: %s", f->path, why);
                 rc = SN_ERROR;
                 break;
             }
@@ -504,8 +502,8 @@ static sn_rc_t s_upload_version(fb_op_t *op, const char *version, s_files_t *fil
     }
     json_decref(resp);
     if (!is_final) {
-        fb_fail(op, rc != SN_ERROR, "finalize %s: %s", version,
-                rc == SN_OK ? "the version is not FINALIZED" : why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "finalize %s: %s", version,
+                          rc == SN_OK ? "the version is not FINALIZED" : why);
         return SN_ERROR;
     }
     sn_info(LOG_MODULE, "version finalized deploy=%s version=%s uploaded=%zu bytes=%llu",
@@ -521,8 +519,8 @@ static void s_promote(fb_op_t *op)
     char *finalized = fb_rec_get(op, REC, "finalized", NULL);
     char *newest = NULL, *second = NULL, *previous = NULL, *live = NULL;
     if (!version || !finalized || strcmp(finalized, "1") != 0) {
-        fb_fail(op, false, "deploy %s is not staged (no finalized version recorded)",
-                op->dep->deploy_id);
+        sn_deploy_op_fail(op->dop, false, "deploy %s is not staged (no finalized version recorded)",
+                          op->dep->deploy_id);
         goto out;
     }
     if (s_newest_release(op, "live", &newest, &second) != SN_OK)
@@ -536,13 +534,14 @@ static void s_promote(fb_op_t *op)
             previous = sn_strdup(newest ? newest : "");
             if (!fb_rec_put(op, REC, "previous", previous)) {
                 free(released);
-                fb_fail(op, true, "redis unavailable: previous release not recorded");
+                sn_deploy_op_fail(op->dop, true,
+                                  "redis unavailable: previous release not recorded");
                 goto out;
             }
         }
-        if (!fb_renew(op)) {
+        if (!sn_deploy_op_renew(op->dop)) {
             free(released);
-            fb_fail(op, false, "job lease lost before the live release");
+            sn_deploy_op_fail(op->dop, false, "job lease lost before the live release");
             goto out;
         }
         if (s_release(op, "live", version, "sentinel promote") != SN_OK) {
@@ -593,13 +592,14 @@ static void s_rollback(fb_op_t *op)
     char *target = NULL, *newest = NULL, *live = NULL;
     if (to && *to) {
         if (!s_version_is_ours(op, to)) {
-            fb_fail(op, false, "to_release_id is not a version of site %s", s_site(op));
+            sn_deploy_op_fail(op->dop, false, "to_release_id is not a version of site %s",
+                              s_site(op));
             goto out;
         }
         target = sn_strdup(to);
     } else if (!ours) {
-        fb_fail(op, false, "nothing recorded for deploy %s and no to_release_id",
-                op->dep->deploy_id);
+        sn_deploy_op_fail(op->dop, false, "nothing recorded for deploy %s and no to_release_id",
+                          op->dep->deploy_id);
         goto out;
     }
     if (s_newest_release(op, "live", &newest, NULL) != SN_OK)
@@ -618,13 +618,13 @@ static void s_rollback(fb_op_t *op)
         }
         free(released);
         if (!target || !*target) {
-            fb_fail(op, false, "no release before %s to go back to", ours);
+            sn_deploy_op_fail(op->dop, false, "no release before %s to go back to", ours);
             goto out;
         }
     }
     if (!(newest && strcmp(newest, target) == 0)) {
-        if (!fb_renew(op)) {
-            fb_fail(op, false, "job lease lost before the rollback release");
+        if (!sn_deploy_op_renew(op->dop)) {
+            sn_deploy_op_fail(op->dop, false, "job lease lost before the rollback release");
             goto out;
         }
         if (s_release(op, "live", target, "sentinel rollback") != SN_OK)
@@ -695,7 +695,7 @@ static void s_propagation(fb_op_t *op)
             json_decref(j);
         }
         sn_http_response_fini(&resp);
-        if (is_ok || sn_ctx_is_stopping(op->ctx) || !fb_renew(op))
+        if (is_ok || sn_ctx_is_stopping(op->ctx) || !sn_deploy_op_renew(op->dop))
             break;
         if (!sn_provider_sleep(interval, deadline))
             break;
@@ -705,8 +705,8 @@ static void s_propagation(fb_op_t *op)
                 checks);
         op->out->live_url = fb_keep(op, base);
     } else {
-        fb_fail(op, true, "%s does not serve deploy %s after %d checks: last saw %s", shown,
-                op->dep->deploy_id, checks, seen);
+        sn_deploy_op_fail(op->dop, true, "%s does not serve deploy %s after %d checks: last saw %s",
+                          shown, op->dep->deploy_id, checks, seen);
     }
     free(shown);
     free(url);
@@ -749,8 +749,8 @@ static sn_rc_t s_release(fb_op_t *op, const char *channel, const char *version, 
     free(url);
     const char *name = json_string_value(json_object_get(resp, "name"));
     if (rc != SN_OK || !name) {
-        fb_fail(op, rc != SN_ERROR, "release of %s on %s: %s", version, channel,
-                rc == SN_OK ? "answer without a release name" : why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "release of %s on %s: %s", version, channel,
+                          rc == SN_OK ? "answer without a release name" : why);
         json_decref(resp);
         return SN_ERROR;
     }
@@ -779,8 +779,8 @@ static sn_rc_t s_newest_release(fb_op_t *op, const char *channel, char **newest,
     }
     json_t *rels = json_object_get(resp, "releases");
     if (rc != SN_OK || (rels && !json_is_array(rels))) {
-        fb_fail(op, rc != SN_ERROR, "list releases of %s: %s", channel,
-                rc == SN_OK ? "releases is not an array" : why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "list releases of %s: %s", channel,
+                          rc == SN_OK ? "releases is not an array" : why);
         json_decref(resp);
         return SN_ERROR;
     }
@@ -806,8 +806,8 @@ static char *s_default_url(fb_op_t *op)
     const char *u = json_string_value(json_object_get(resp, "defaultUrl"));
     char *out = rc == SN_OK && u && *u ? sn_strdup(u) : NULL;
     if (!out)
-        fb_fail(op, rc != SN_ERROR, "site %s: %s", s_site(op),
-                rc == SN_OK ? "answer without a defaultUrl" : why);
+        sn_deploy_op_fail(op->dop, rc != SN_ERROR, "site %s: %s", s_site(op),
+                          rc == SN_OK ? "answer without a defaultUrl" : why);
     json_decref(resp);
     return out;
 }
@@ -841,14 +841,14 @@ static sn_rc_t s_add_file(fb_op_t *op, s_files_t *files, const char *path, const
                           size_t len)
 {
     if (files->count >= MAX_FILES) {
-        fb_fail(op, false, "more than %d files in the public dir", MAX_FILES);
+        sn_deploy_op_fail(op->dop, false, "more than %d files in the public dir", MAX_FILES);
         return SN_ERROR;
     }
     s_file_t f = {0};
     uint8_t sum[SN_SHA256_LEN];
     if (s_gzip(data, len, &f.gz, &f.gz_len) != SN_OK || sn_sha256(f.gz, f.gz_len, sum) != SN_OK) {
         free(f.gz);
-        fb_fail(op, false, "cannot gzip %s", path);
+        sn_deploy_op_fail(op->dop, false, "cannot gzip %s", path);
         return SN_ERROR;
     }
     sn_hex_encode(sum, sizeof sum, f.hash);
@@ -862,8 +862,8 @@ static sn_rc_t s_walk(fb_op_t *op, const char *dir, const char *rel, s_files_t *
 {
     DIR *dh = opendir(dir);
     if (!dh) {
-        fb_fail(op, false, "cannot read public dir %s%s: %s", rel[0] ? "" : "/", rel,
-                strerror(errno));
+        sn_deploy_op_fail(op->dop, false, "cannot read public dir %s%s: %s", rel[0] ? "" : "/", rel,
+                          strerror(errno));
         return SN_ERROR;
     }
     sn_rc_t rc = SN_OK;
@@ -880,7 +880,7 @@ static sn_rc_t s_walk(fb_op_t *op, const char *dir, const char *rel, s_files_t *
             rc = s_walk(op, path, r, files);
         } else if (S_ISREG(sb.st_mode) && strcmp(r, "/" FB_IDENTITY_PATH) != 0) {
             if (sb.st_size > MAX_FILE_BYTES) {
-                fb_fail(op, false, "%s is over %d MiB", r, MAX_FILE_BYTES >> 20);
+                sn_deploy_op_fail(op->dop, false, "%s is over %d MiB", r, MAX_FILE_BYTES >> 20);
                 rc = SN_ERROR;
             } else {
                 int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -889,7 +889,7 @@ static sn_rc_t s_walk(fb_op_t *op, const char *dir, const char *rel, s_files_t *
                 if (fd >= 0)
                     close(fd);
                 if (got != (ssize_t)sb.st_size) {
-                    fb_fail(op, true, "cannot read %s", r);
+                    sn_deploy_op_fail(op->dop, true, "cannot read %s", r);
                     rc = SN_ERROR;
                 } else {
                     rc = s_add_file(op, files, r, buf, (size_t)got);
@@ -910,7 +910,7 @@ static sn_rc_t s_collect(fb_op_t *op, const char *root, const char *identity, s_
 {
     struct stat sb;
     if (stat(root, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
-        fb_fail(op, false, "the public dir is not a directory of the artifact");
+        sn_deploy_op_fail(op->dop, false, "the public dir is not a directory of the artifact");
         return SN_ERROR;
     }
     if (s_walk(op, root, "", files) != SN_OK)

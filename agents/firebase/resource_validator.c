@@ -22,6 +22,7 @@
 #include "infraguard/secret_scan.h"
 #include "sentinel/sn_agent.h"
 #include "sentinel/sn_artifact.h"
+#include "sentinel/sn_deploy_op.h"
 #include "sentinel/sn_id.h"
 #include "sentinel/sn_log.h"
 
@@ -801,13 +802,10 @@ static sn_rc_t s_init(sn_ctx_t *ctx, void **state)
 {
     const sn_config_t *cfg = sn_ctx_config(ctx);
     const char *state_dir = cfg->state_dir ? cfg->state_dir : "./var";
-    char *artifacts =
-        cfg->artifact_dir ? sn_strdup(cfg->artifact_dir) : sn_strdupf("%s/artifacts", state_dir);
     s_state_t *st = sn_calloc(1, sizeof *st);
-    st->store = sn_artifact_new(artifacts, sn_ctx_redis(ctx));
+    st->store = sn_deploy_op_store_new(ctx);
     st->work_dir = sn_strdupf("%s/firebase-validate", state_dir);
     *state = st;
-    free(artifacts);
     if (!st->store || (mkdir(st->work_dir, 0700) != 0 && errno != EEXIST)) {
         sn_error(LOG_MODULE, "cannot use work dir %s or the artifact store: %s", st->work_dir,
                  strerror(errno));
@@ -914,13 +912,7 @@ answer:
 
 static void s_request(sn_ctx_t *ctx, void *state, sn_request_t *req)
 {
-    const sn_envelope_t *env = sn_request_envelope(req);
-    if (env->body_case != SENTINEL__V1__ENVELOPE__BODY_DEPLOY_REQUEST || !env->deploy_request) {
-        sn_info(LOG_MODULE, "refused request: body is not a deploy_request");
-        sn_request_nak(ctx, req, "invalid");
-        return;
-    }
-    sn_request_defer(ctx, req, s_job, state);
+    sn_deploy_op_defer(ctx, req, LOG_MODULE, s_job, state);
 }
 
 const sn_role_t resource_validator_role = {
