@@ -948,8 +948,8 @@ static sn_rc_t s_find_artifact(bv_github_t *self, const char *repo, uint64_t run
     sn_rc_t rc = sn_github_list(self->api, path, "artifacts", 1000, &items, &resp);
     free(path);
     if (rc != SN_OK) {
-        snprintf(why, why_len, "artifacts of run %" PRIu64 " not listed (status %ld: %.120s)", run_id,
-                 resp.status, resp.message);
+        snprintf(why, why_len, "artifacts of run %" PRIu64 " not listed (status %ld: %.120s)",
+                 run_id, resp.status, resp.message);
         sn_github_response_fini(&resp);
         return rc;
     }
